@@ -8,9 +8,13 @@ RowKind = Literal["sequential", "binary"]
 
 
 class SequentialRow(TypedDict):
-    """LLaRA-style next-item choice: history of item ids (oldest first), target, 20 candidates."""
+    """LLaRA-style next-item choice: history of item ids (oldest first), target, 20 candidates.
+
+    ``user`` groups rows of one user (instance removal of users); rows without a known user get their own id.
+    """
 
     id: int
+    user: int
     history: list[int]
     target: int
     candidates: list[int]
@@ -20,6 +24,7 @@ class BinaryRow(TypedDict):
     """TALLRec-style Yes/No: item names the user liked and disliked, a target item, label 1 = Yes."""
 
     id: int
+    user: int
     liked: list[str]
     disliked: list[str]
     target: str

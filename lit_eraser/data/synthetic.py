@@ -92,7 +92,7 @@ class SyntheticDataModule(RecDataModule):
                     if choice not in history:
                         history[pos] = choice
             candidates = draw_candidates(self.seed, row_id, target, history, self.num_items, self.n_candidates)
-            return {"id": row_id, "history": history, "target": target, "candidates": candidates}
+            return {"id": row_id, "user": row_id, "history": history, "target": target, "candidates": candidates}
         n_liked = max(1, self.history_len // 2 + 1)
         liked = rng.choice(own, size=n_liked, replace=False).tolist()
         disliked = rng.choice(others, size=self.history_len - n_liked, replace=False).tolist()
@@ -102,6 +102,7 @@ class SyntheticDataModule(RecDataModule):
         names = self.item_titles
         return {
             "id": row_id,
+            "user": row_id,
             "liked": [names[i] for i in liked],
             "disliked": [names[i] for i in disliked],
             "target": names[target],
