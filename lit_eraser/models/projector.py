@@ -1,0 +1,24 @@
+"""LLaRA's projector: a trainable MLP from recommender item embeddings to the LLM's input-embedding space."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Projector(nn.Module):
+    """``Linear(item_dim, hidden) -> GELU -> Linear(hidden, llm_dim)`` (LLaRA's MLP projector).
+
+    Args:
+        item_dim: Width of the item embeddings (SASRec's ``hidden_size``).
+        llm_dim: Width of the LLM's token embeddings.
+        hidden: Width of the hidden layer; ``None`` means ``llm_dim``.
+    """
+
+    def __init__(self, item_dim: int, llm_dim: int, hidden: int | None = None) -> None:
+        super().__init__()
+        hidden = hidden or llm_dim
+        self.net = nn.Sequential(nn.Linear(item_dim, hidden), nn.GELU(), nn.Linear(hidden, llm_dim))
+
+    def forward(self, item_embeddings: torch.Tensor) -> torch.Tensor:
+        return self.net(item_embeddings)
