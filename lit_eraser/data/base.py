@@ -103,8 +103,10 @@ class RecDataModule(L.LightningDataModule):
     """Base class: subclasses fill ``train_rows``/``val_rows``/``test_rows`` in ``setup`` and say their ``kind``.
 
     Args:
-        data_dir: Folder holding this dataset's files. Falls back to ``$LIT_ERASER_DATA/<name>``, then to a
-            user cache directory that ``prepare_data()`` fills from the public source.
+        data_dir: Folder holding this dataset's files (real datasets also accept a data root holding the
+            dataset's folder). Falls back to ``$LIT_ERASER_DATA/<folder>`` (``lastfm``, ``ml-100k``,
+            ``bookcrossing``), then to a user cache directory that ``prepare_data()`` can fill from the
+            public source (``download``).
         batch_size: Training batch size.
         eval_batch_size: Batch size for validation and test.
         seed: Seed for every random choice the data makes (splits, candidates, subsets).

@@ -41,6 +41,7 @@ from lit_eraser.influence._utils import (
     per_item_losses,
     prepare,
     requiring_grad,
+    resolve_params,
     tadd,
     tdot,
     tnorm,
@@ -261,7 +262,7 @@ class CurvatureOperator:
         if curvature == "gauss_newton":
             check_gauss_newton_hook(module)
         self.module = module
-        self.params = dict(params)
+        self.params = resolve_params(module, params)
         self.batches = batches
         self.encode = encode
         self.damping = float(damping)

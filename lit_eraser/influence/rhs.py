@@ -27,6 +27,7 @@ from lit_eraser.influence._utils import (
     per_item_losses,
     prepare,
     requiring_grad,
+    resolve_params,
     tadd,
     tscale,
 )
@@ -41,7 +42,7 @@ def gradient_sum(
 ) -> tuple[TensorDict, int]:
     """(Σ_i ∇_θ ℓ(z_i, θ) over every item of ``batches``, the number of items), in eval mode."""
     check_grad_possible()
-    params = dict(params)
+    params = resolve_params(module, params)
     device = param_device(params)
     total: TensorDict = {k: torch.zeros_like(p).detach() for k, p in params.items()}
     count = 0

@@ -307,7 +307,7 @@ class InfluenceSolver(L.LightningModule):
         """‖H_λΔ − b‖/‖b‖ from the accumulated sums, reduced over ranks."""
         assert self._val_sum is not None
         flat = torch.cat([a.reshape(-1) for a in self._val_sum] + [torch.tensor([float(self._val_count)], dtype=torch.float64, device=self._val_sum[0].device)])
-        if self.trainer is not None and self.trainer.world_size > 1:
+        if self._trainer is not None and self._trainer.world_size > 1:
             flat = self.trainer.strategy.reduce(flat, reduce_op="sum")
         count = float(flat[-1])
         if count == 0:

@@ -517,7 +517,7 @@ class ExactSolver(Solver):
         if p > self.settings.max_params:
             raise ValueError(
                 f"exact solver refuses: θ has p = {p} entries > max_params = {self.settings.max_params} "
-                f"(a dense p×p Hessian needs p curvature products per batch and {p * p * 8 / 2**20:.0f} MiB); "
+                f"(a dense p×p Hessian needs p curvature products per batch and {p * p * 8 / 2**20:.1f} MiB of float64); "
                 "use 'cg', 'qp', 'lissa' or 'datainf', or raise max_params"
             )
         if self.settings.method == "func_hessian" and problem.curvature != "hessian":

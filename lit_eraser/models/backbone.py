@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -188,7 +189,8 @@ def apply_lora(model: nn.Module, lora: LoraSettings, seed: int):
         bias="none",
         task_type="CAUSAL_LM",
     )
-    with fork_seed(seed):
+    with fork_seed(seed), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         peft_model = get_peft_model(model, config)
     return peft_model
 

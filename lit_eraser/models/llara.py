@@ -119,6 +119,10 @@ class LlaraRecommender(RecommenderModule):
     def template_texts(self) -> list[str]:
         return llara_template_texts(self.verb)
 
+    def _corpus(self, datamodule: Any) -> list[str]:
+        # Titles appear after a space in prompts and responses: train BPE on that form.
+        return [llara_response(clean_title(text)) for text in datamodule.text_corpus()]
+
     def _prepare_data_state(self, datamodule: Any) -> None:
         titles = list(getattr(datamodule, "item_titles", []) or [])
         if not titles:

@@ -197,7 +197,7 @@ def train_sasrec(
                 scheduler.step()
                 with torch.no_grad():  # keep the padding row at zero
                     model.item_embedding.weight[model.pad_id].zero_()
-                total += float(loss) * len(index)
+                total += float(loss.detach()) * len(index)
                 count += len(index)
             if log is not None:
                 log(f"SASRec epoch {epoch + 1}/{settings.epochs}: loss {total / count:.4f} ({time.perf_counter() - start:.1f}s)")

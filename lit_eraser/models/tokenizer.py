@@ -26,6 +26,7 @@ SLOT_TOKENS = (HISTORY_SLOT, CANDIDATE_SLOT)
 SINGLE_TOKEN_WORDS = ("Yes", "No")
 #: How often each required word is repeated in the training corpus so BPE merges it into one token.
 _REPEAT = 1000
+_TEMPLATE_REPEAT = 100
 
 
 class TokenizerError(ValueError):
@@ -60,8 +61,8 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int = 4096, extra_texts: 
         for text in corpus:
             if text:
                 yield str(text)
-        for text in extra_texts:
-            yield text
+        for _ in range(_TEMPLATE_REPEAT):  # template words become whole tokens
+            yield from extra_texts
         for word in SINGLE_TOKEN_WORDS:
             for _ in range(_REPEAT):
                 yield f"{word}."

@@ -1,0 +1,5 @@
+"""Lightning callbacks of lit-eraser."""
+
+from callbacks.unlearn import UnlearnCallback, UnlearnOutcome
+
+__all__ = ["UnlearnCallback", "UnlearnOutcome"]
