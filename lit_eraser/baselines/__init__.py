@@ -1,0 +1,76 @@
+"""Baselines LLMEraser is compared with, registered by name (METHOD.md, "Baselines").
+
+Each baseline takes a :class:`BaselineContext` and returns the adapted recommender plus its cost. Names are
+the report.json method names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lit_eraser.baselines.training import fit_on_rows, inner_trainer
+from lit_eraser.models.base import RecommenderModule
+from lit_eraser.profiling import PhaseCost
+from lit_eraser.unlearning.requests import UnlearningRequest
+
+Row = Mapping[str, Any]
+
+
+@dataclass
+class BaselineContext:
+    """What every baseline may use.
+
+    Args:
+        original_run: Run directory of θ̂ (its frozen parts — tokenizer, tiny base, item encoder — are shared).
+        datamodule: The experiment's datamodule (its training rows are the rows θ̂ was fitted on).
+        train_rows: The rows θ̂ was fitted on.
+        clean_rows: The edited training set (IR rows dropped, QM/RC rows corrected): what retraining uses.
+        requests: The validated requests.
+        trainer_kwargs: The experiment's training Trainer arguments.
+        warm_epochs: Epochs of continued training for ``warm_retrain``.
+    """
+
+    original_run: Path
+    datamodule: Any
+    train_rows: Sequence[Row]
+    clean_rows: Sequence[Row]
+    requests: Sequence[UnlearningRequest]
+    trainer_kwargs: Mapping[str, Any]
+    warm_epochs: int = 2
+
+    def load_original(self) -> RecommenderModule:
+        return RecommenderModule.load(self.original_run)
+
+    def fresh_module(self) -> RecommenderModule:
+        """A new adapter with θ̂'s initialisation and schedule, sharing θ̂'s frozen parts."""
+        original = self.load_original()
+        config = {**original.init_config(), "reuse_frozen_from": str(self.original_run)}
+        return type(original).from_init_config(config)
+
+
+def retrain(context: BaselineContext) -> tuple[RecommenderModule, PhaseCost]:
+    """Retrain from scratch: same initialisation and schedule, on the edited data (the gold standard)."""
+    module = context.fresh_module()
+    cost = fit_on_rows(module, context.datamodule, context.clean_rows, context.trainer_kwargs)
+    return module, cost
+
+
+def warm_retrain(context: BaselineContext) -> tuple[RecommenderModule, PhaseCost]:
+    """Continue training θ̂ on the edited data: the solution the Newton step approximates."""
+    module = context.load_original()
+    cost = fit_on_rows(
+        module, context.datamodule, context.clean_rows, context.trainer_kwargs, max_epochs=context.warm_epochs,
+        max_steps=-1,
+    )
+    return module, cost
+
+
+BASELINES: dict[str, Callable[[BaselineContext], tuple[RecommenderModule, PhaseCost]]] = {
+    "retrain": retrain,
+    "warm_retrain": warm_retrain,
+}
+
+__all__ = ["BASELINES", "BaselineContext", "fit_on_rows", "inner_trainer", "retrain", "warm_retrain"]

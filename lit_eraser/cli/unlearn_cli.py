@@ -1,0 +1,103 @@
+"""``unlearn.py``: one unlearning experiment end to end on LightningCLI (see lit_eraser.unlearning.experiment)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+import lit_eraser.data  # noqa: F401 - registers the datamodules for short class names
+import lit_eraser.models  # noqa: F401 - registers the recommenders
+from lit_eraser.cli.loggers import LoggerMode, build_logger
+from lit_eraser.data.base import RecDataModule
+from lit_eraser.models.base import RecommenderModule
+from lit_eraser.unlearning.corruption import CorruptionSpec
+from lit_eraser.unlearning.eraser import UnlearnSettings
+from lit_eraser.unlearning.experiment import ExperimentPlan, UnlearningExperiment
+
+
+class UnlearnCLI(LightningCLI):
+    """``--model``/``--data``/``--trainer`` configure the original adapter (trained here unless ``--adapter``);
+    ``--unlearn`` configures LLMEraser; the rest picks requests, baselines and outputs."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--output_dir", type=str, default="runs/unlearn", help="Experiment directory to create.")
+        parser.add_argument("--overwrite", type=bool, default=False, help="Replace an existing output_dir.")
+        parser.add_argument(
+            "--adapter", type=str | None, default=None,
+            help="Run directory of a trained adapter (train.py --output_dir). Default: train one here, cached.",
+        )
+        parser.add_argument("--requests", type=str | None, default=None, help="JSONL request file.")
+        parser.add_argument(
+            "--corruption", type=CorruptionSpec | None, default=None,
+            help="Seeded experiment instead of a request file: corrupt the training data, train on it, unlearn.",
+        )
+        parser.add_argument("--unlearn", type=UnlearnSettings, default=UnlearnSettings(), help="LLMEraser settings.")
+        parser.add_argument(
+            "--baselines", type=list[str], default=[],
+            help="Methods to compare with: retrain, warm_retrain.",
+        )
+        parser.add_argument("--warm_epochs", type=int, default=2, help="Epochs of warm retraining.")
+        parser.add_argument("--cache_dir", type=str, default="runs/cache", help="Cache of trained original adapters.")
+        parser.add_argument("--eval_split", type=str, default="test", help="Split the methods are evaluated on.")
+        parser.add_argument("--wandb_mode", type=LoggerMode, default="offline", help="offline, online, disabled or csv.")
+        parser.add_argument("--wandb_project", type=str, default="lit-eraser", help="W&B project name.")
+
+
+def main(args: list[str] | None = None) -> dict[str, Any]:
+    """Parse the command line (``args`` or ``sys.argv``), validate everything, and run the experiment."""
+    torch.set_float32_matmul_precision("high")
+    cli = UnlearnCLI(
+        RecommenderModule,
+        RecDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        run=False,
+        save_config_callback=None,
+        auto_configure_optimizers=False,
+        args=args,
+        parser_kwargs={"description": "Unlearn IR / QM / RC requests from a LoRA adapter with LLMEraser."},
+    )
+    config, init = cli.config, cli.config_init
+    plan = ExperimentPlan(
+        output_dir=Path(config["output_dir"]),
+        adapter=Path(config["adapter"]) if config["adapter"] else None,
+        requests=Path(config["requests"]) if config["requests"] else None,
+        corruption=init["corruption"],
+        unlearn=init["unlearn"],
+        baselines=tuple(config["baselines"]),
+        warm_epochs=config["warm_epochs"],
+        cache_dir=Path(config["cache_dir"]),
+        overwrite=config["overwrite"],
+        eval_split=config["eval_split"],
+    )
+    output_dir = plan.output_dir
+    logger = build_logger(config["wandb_mode"], output_dir.parent / "logs", config["wandb_project"], output_dir.name)
+    trainer_kwargs = {k: v for k, v in init["trainer"].items() if k not in ("logger", "callbacks")}
+    experiment = UnlearningExperiment(
+        plan,
+        cli.model,
+        cli.datamodule,
+        trainer_kwargs,
+        model_config=_as_plain(config["model"]),
+        data_config=_as_plain(config["data"]),
+        logger=logger,
+    )
+    report = experiment.run()
+    methods = report["methods"]
+    print(f"wrote {output_dir}/report.json")
+    for name, entry in methods.items():
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(entry["metrics"].items()))
+        print(f"  {name:>14}: {shown}  ({entry['seconds']:.1f}s)")
+    solver = report["solver"]
+    print(f"  solver {solver['name']}: relative residual {solver['relative_residual']:.3g}, {solver['hvp_calls']} HVPs")
+    return report
+
+
+def _as_plain(namespace: Any) -> Any:
+    """A jsonargparse Namespace as plain dicts (for hashing the original adapter's config)."""
+    if hasattr(namespace, "as_dict"):
+        return namespace.as_dict()
+    return namespace

@@ -1,0 +1,283 @@
+"""One unlearning experiment end to end (``unlearn.py``): requests → original adapter → LLMEraser → baselines →
+fidelity → ``report.json`` (DESIGN.md contract) and adapters under ``adapters/<method>/``.
+
+Everything is written into a temporary sibling of ``output_dir`` and renamed into place at the end, so a
+failed run leaves nothing behind. Bad requests, a bad adapter or an existing ``output_dir`` fail before any
+training or solving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from callbacks.unlearn import LEDGER, write_ledger
+from lit_eraser.baselines import BASELINES, BaselineContext, fit_on_rows
+from lit_eraser.influence import cosine
+from lit_eraser.influence._utils import tadd
+from lit_eraser.io import atomic_directory, directory_checksums, write_json
+from lit_eraser.models.base import RecommenderModule
+from lit_eraser.profiling import PhaseCost
+from lit_eraser.unlearning.corruption import CorruptionSpec
+from lit_eraser.unlearning.eraser import UnlearnSettings, apply_delta, chunk, compute_update
+from lit_eraser.unlearning.evaluate import evaluate
+from lit_eraser.unlearning.requests import (
+    UnlearningRequest,
+    apply_requests,
+    build_pairs,
+    read_requests,
+    summarize_task,
+)
+
+Row = Mapping[str, Any]
+
+
+@dataclass
+class ExperimentPlan:
+    """The experiment's inputs besides model, data and trainer (``unlearn.py`` top-level options)."""
+
+    output_dir: Path
+    adapter: Path | None = None
+    requests: Path | None = None
+    corruption: CorruptionSpec | None = None
+    unlearn: UnlearnSettings = field(default_factory=UnlearnSettings)
+    baselines: tuple[str, ...] = ()
+    warm_epochs: int = 2
+    cache_dir: Path = Path("runs/cache")
+    overwrite: bool = False
+    eval_split: str = "test"
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.baselines if name not in BASELINES]
+        if unknown:
+            raise ValueError(f"unknown baseline(s) {unknown}; known: {', '.join(sorted(BASELINES))}")
+        if (self.requests is None) == (self.corruption is None):
+            raise ValueError("give exactly one of --requests (a JSONL file) or --corruption (a seeded experiment)")
+        if self.output_dir.exists() and not self.overwrite:
+            raise FileExistsError(f"{self.output_dir} already exists; choose another --output_dir or pass --overwrite true")
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def config_hash(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def per_item_losses(module: RecommenderModule, rows: Sequence[Row], batch_size: int = 32) -> np.ndarray:
+    """ℓ(z, θ) of each row at the module's current θ, in eval mode."""
+    module.eval()
+    device = next(module.parameters()).device
+    out: list[torch.Tensor] = []
+    with torch.no_grad():
+        for batch in chunk(list(rows), batch_size):
+            encoded = {k: v.to(device) for k, v in module.encode(batch).items()}
+            out.append(module(encoded).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    if len(x) < 2 or np.std(x) == 0 or np.std(y) == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    rank = lambda a: np.argsort(np.argsort(a, kind="stable"), kind="stable").astype(float)  # noqa: E731
+    return pearson(rank(x), rank(y))
+
+
+def probe_rows(pairs: Sequence[tuple[Row, Row | None]]) -> list[Row]:
+    """The item whose loss a request should change: z′ for QM/RC (now fitted), z for IR (now forgotten)."""
+    return [twin if twin is not None else original for original, twin in pairs]
+
+
+# ------------------------------------------------------------------------------------------------ runner
+class UnlearningExperiment:
+    """Runs the plan on a recommender config and a datamodule; see :func:`run`."""
+
+    def __init__(
+        self,
+        plan: ExperimentPlan,
+        model: RecommenderModule,
+        datamodule: Any,
+        trainer_kwargs: Mapping[str, Any],
+        model_config: Mapping[str, Any] | None = None,
+        data_config: Mapping[str, Any] | None = None,
+        logger: Any = None,
+    ) -> None:
+        self.plan = plan
+        self.model = model
+        self.datamodule = datamodule
+        self.trainer_kwargs = dict(trainer_kwargs)
+        self.model_config = dict(model_config or {})
+        self.data_config = dict(data_config or {})
+        self.logger = logger
+
+    # -- inputs ---------------------------------------------------------------------------------------
+    def prepare_requests(self) -> tuple[list[Row], list[UnlearningRequest], list[Row]]:
+        """(rows θ̂ is fitted on, validated requests, edited rows); fails before any work on bad input."""
+        dm = self.datamodule
+        dm.prepare_data()
+        dm.setup("fit")
+        rows = list(dm.train_rows)
+        num_items = dm.num_items or None
+        if self.plan.corruption is not None:
+            corruption = self.plan.corruption.apply(rows, dm.kind, num_items)
+            dm.set_train_rows(list(corruption.rows))
+            return list(corruption.rows), list(corruption.requests), list(corruption.clean_rows)
+        requests = read_requests(self.plan.requests, {int(r["id"]): r for r in rows}, dm.kind, num_items)
+        return rows, list(requests), apply_requests(rows, requests)
+
+    def original_run(self) -> tuple[Path, dict[str, Any]]:
+        """The run directory of θ̂ and its training cost: the given adapter, or one trained here and cached."""
+        if self.plan.adapter is not None:
+            module = RecommenderModule.load(self.plan.adapter)  # validates files, checksums and tokenizer
+            if module.kind != self.datamodule.kind:
+                raise ValueError(f"{self.plan.adapter} holds a {module.kind} recommender; the data is {self.datamodule.kind}")
+            metrics_path = self.plan.adapter / "metrics.json"
+            metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+            return self.plan.adapter, metrics
+        key = config_hash(
+            {
+                "model": self.model_config,
+                "data": self.data_config,
+                "trainer": {k: v for k, v in self.trainer_kwargs.items() if isinstance(v, (int, float, str, bool, type(None)))},
+                "corruption": asdict(self.plan.corruption) if self.plan.corruption else str(self.plan.requests),
+            }
+        )
+        run_dir = self.plan.cache_dir / f"original-{key}"
+        if (run_dir / "adapter").is_dir():
+            return run_dir, json.loads((run_dir / "cost.json").read_text())
+        cost = fit_on_rows(self.model, self.datamodule, None, self.trainer_kwargs)
+        with atomic_directory(run_dir, overwrite=True) as tmp:
+            self.model.save_run(tmp)
+            write_json(tmp / "cost.json", {"fit_seconds": cost.seconds, **cost.as_dict()})
+        return run_dir, json.loads((run_dir / "cost.json").read_text())
+
+    # -- the experiment -------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        train_rows, requests, clean_rows = self.prepare_requests()
+        original_dir, original_cost = self.original_run()
+        split = self.plan.eval_split
+        dm = self.datamodule
+        with atomic_directory(self.plan.output_dir, overwrite=self.plan.overwrite) as out:
+            methods: dict[str, dict[str, Any]] = {}
+            states: dict[str, dict[str, torch.Tensor]] = {}
+
+            module = RecommenderModule.load(original_dir)
+            theta_hat = module.adapter_state()
+            methods["original"] = {
+                "metrics": evaluate(module, dm, split),
+                "seconds": float(original_cost.get("fit_seconds", original_cost.get("seconds", float("nan")))),
+                "peak_memory_mib": float(original_cost.get("peak_memory_mib", float("nan"))),
+                "peak_memory_delta_mib": float(original_cost.get("peak_memory_delta_mib", float("nan"))),
+                "source": str(original_dir),
+            }
+            states["original"] = theta_hat
+            module.save_run(out / "adapters" / "original")
+
+            update = compute_update(module, train_rows, requests, self.plan.unlearn)
+            apply_delta(module, update.delta)
+            methods["llmeraser"] = {
+                "metrics": evaluate(module, dm, split),
+                **update.cost.as_dict(),
+                "train_seconds_ratio": update.cost.seconds / methods["original"]["seconds"],
+            }
+            states["llmeraser"] = module.adapter_state()
+            eraser_dir = out / "adapters" / "llmeraser"
+            module.save_run(eraser_dir)
+            write_ledger(eraser_dir / LEDGER, requests, update, directory_checksums(eraser_dir), str(original_dir))
+
+            context = BaselineContext(
+                original_run=original_dir,
+                datamodule=dm,
+                train_rows=train_rows,
+                clean_rows=clean_rows,
+                requests=requests,
+                trainer_kwargs=self.trainer_kwargs,
+                warm_epochs=self.plan.warm_epochs,
+            )
+            for name in self.plan.baselines:
+                baseline, cost = BASELINES[name](context)
+                methods[name] = {"metrics": evaluate(baseline, dm, split), **cost.as_dict()}
+                states[name] = baseline.adapter_state()
+                baseline.save_run(out / "adapters" / name)
+
+            fidelity = self.fidelity(module, states, requests, train_rows)
+            report = {
+                "dataset": getattr(dm, "name", type(dm).__name__),
+                "task": summarize_task(requests),
+                "n_train": len(train_rows),
+                "n_requests": len(requests),
+                "methods": methods,
+                "solver": update.solver_block(),
+                "fidelity": fidelity,
+                "cost": {
+                    "unlearn_over_train_seconds": methods["llmeraser"]["seconds"] / methods["original"]["seconds"],
+                    "unlearn_over_train_peak_memory": methods["llmeraser"]["peak_memory_mib"]
+                    / methods["original"]["peak_memory_mib"],
+                },
+                "original_adapter": str(original_dir),
+            }
+            write_json(out / "report.json", report)
+        self.log(report)
+        return report
+
+    def fidelity(
+        self,
+        module: RecommenderModule,
+        states: Mapping[str, Mapping[str, torch.Tensor]],
+        requests: Sequence[UnlearningRequest],
+        train_rows: Sequence[Row],
+    ) -> dict[str, float]:
+        """How well θ̂ + Δ predicts each reference's per-request loss changes (Pearson, Spearman) and Δ's
+        direction (cosine with θ_ref − θ̂), for every retraining reference that was run."""
+        pairs = build_pairs(requests, {int(r["id"]): r for r in train_rows})
+        probes = probe_rows(pairs)
+        losses: dict[str, np.ndarray] = {}
+        for name, state in states.items():
+            module.load_adapter_state(state)
+            losses[name] = per_item_losses(module, probes)
+        module.load_adapter_state(states["llmeraser"])
+        predicted = losses["llmeraser"] - losses["original"]
+        delta = tadd(states["llmeraser"], states["original"], -1.0)
+        out: dict[str, float] = {"mean_predicted_loss_change": float(predicted.mean())}
+        for reference in ("warm_retrain", "retrain"):
+            if reference not in states:
+                continue
+            actual = losses[reference] - losses["original"]
+            out[f"pearson_vs_{reference}"] = pearson(predicted, actual)
+            out[f"spearman_vs_{reference}"] = spearman(predicted, actual)
+            out[f"mean_loss_change_{reference}"] = float(actual.mean())
+            out[f"cosine_delta_vs_{reference}"] = cosine(delta, tadd(states[reference], states["original"], -1.0))
+        return {k: (v if math.isfinite(v) else float("nan")) for k, v in out.items()}
+
+    def log(self, report: Mapping[str, Any]) -> None:
+        """Unlearned vs retrained metrics to the experiment logger (W&B by default)."""
+        if not self.logger:
+            return
+        flat: dict[str, float] = {}
+        for method, entry in report["methods"].items():
+            for key, value in entry["metrics"].items():
+                flat[f"{method}/{key}"] = value
+            flat[f"{method}/seconds"] = entry.get("seconds", float("nan"))
+            flat[f"{method}/peak_memory_mib"] = entry.get("peak_memory_mib", float("nan"))
+        flat.update({f"solver/{k}": v for k, v in report["solver"].items() if isinstance(v, (int, float))})
+        flat.update({f"fidelity/{k}": v for k, v in report["fidelity"].items()})
+        self.logger.log_metrics(flat)
+        table_logger = getattr(self.logger, "log_table", None)
+        if callable(table_logger):
+            metric_names = sorted({k for entry in report["methods"].values() for k in entry["metrics"]})
+            rows = [
+                [method] + [entry["metrics"].get(k, float("nan")) for k in metric_names] + [entry.get("seconds")]
+                for method, entry in report["methods"].items()
+            ]
+            table_logger(key="methods", columns=["method", *metric_names, "seconds"], data=rows)
+        self.logger.finalize("success")
