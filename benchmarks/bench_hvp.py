@@ -1,6 +1,7 @@
 """Time the Hessian-vector product implementations of ``lit_eraser.influence.hvp`` on one module and batch.
 
     python benchmarks/bench_hvp.py                                   # a toy LoRA transformer (default factory)
+    python benchmarks/bench_hvp.py --factory llara                   # the LLaRA recommender, tiny preset
     python benchmarks/bench_hvp.py --factory mypkg.mod:make --repeats 5
     python benchmarks/bench_hvp.py --impls autograd func --threads 2
 
@@ -110,10 +111,56 @@ def toy_factory(batch_size: int = 8, length: int = 48, **kwargs: Any) -> tuple[n
     return module, params, {"input_ids": ids, "labels": labels}
 
 
+def _recommender_factory(kind: str, batch_size: int = 8, hidden: int = 64, layers: int = 2, rank: int = 8):
+    """A tiny-preset recommender (random init, B ≠ 0) on synthetic rows: (module, θ, rows, module.encode)."""
+    import tempfile
+
+    from lit_eraser.data import SyntheticDataModule
+    from lit_eraser.models import LlaraRecommender, LoraSettings, TinyLlamaSettings
+
+    torch.manual_seed(0)
+    dm = SyntheticDataModule(kind="sequential" if kind == "llara" else "binary", n_train=64, n_val=8, n_test=8)
+    dm.setup("fit")
+    common = dict(
+        tiny=TinyLlamaSettings(hidden_size=hidden, num_layers=layers, num_heads=4),
+        lora=LoraSettings(r=rank, alpha=2 * rank, dropout=0.0), vocab_size=400,
+        cache_dir=tempfile.mkdtemp(prefix="bench-hvp-"),
+    )
+    if kind == "llara":
+        from lit_eraser.models import SasrecSettings
+
+        module = LlaraRecommender(sasrec=SasrecSettings(hidden_size=16, num_layers=1, num_heads=1, epochs=1), **common)
+    else:
+        from lit_eraser.models import TallrecRecommender
+
+        module = TallrecRecommender(**common)
+    module.build(dm)
+    params = module.adapter_parameters()
+    with torch.no_grad():
+        for name, p in params.items():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.05)
+    rows = [dm.train_rows[i] for i in range(batch_size)]
+    return module, params, rows, module.encode
+
+
+def llara_factory():
+    return _recommender_factory("llara")
+
+
+def tallrec_factory():
+    return _recommender_factory("tallrec")
+
+
 # ------------------------------------------------------------------------------------------ timing
+FACTORIES = {"toy": toy_factory, "llara": llara_factory, "tallrec": tallrec_factory}
+
+
 def load_factory(spec: str | None):
     if not spec:
         return toy_factory
+    if spec in FACTORIES:
+        return FACTORIES[spec]
     if ":" not in spec:
         raise SystemExit(f"--factory must look like 'package.module:callable', got {spec!r}")
     mod, name = spec.split(":", 1)
@@ -174,7 +221,9 @@ def bench(factory, impls: list[str], repeats: int, warmup: int) -> dict[str, flo
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--factory", default=None, help="'package.module:callable' returning (module, params, batch[, encode])")
+    parser.add_argument("--factory", default=None,
+                        help="toy (default), llara, tallrec (tiny presets on synthetic rows), or "
+                             "'package.module:callable' returning (module, params, batch[, encode])")
     parser.add_argument("--impls", nargs="+", default=list(HVP_IMPLS), choices=list(HVP_IMPLS))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)

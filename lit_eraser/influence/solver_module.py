@@ -21,13 +21,13 @@ the Trainer must be built with ``inference_mode=False``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 import lightning as L
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lit_eraser.influence._utils import (
     Encode,
@@ -64,17 +64,66 @@ class _BatchList(Dataset):
         return self.batches[index]
 
 
-def batches_loader(batches: Iterable[Any], shuffle: bool = False, seed: int = 0) -> DataLoader:
-    """A DataLoader yielding the given raw batches unchanged (a DataLoader is returned as is).
+def _rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
-    Being a real DataLoader over batches, it lets Lightning insert a ``DistributedSampler`` under DDP: rank r
-    gets batches r, r + W, r + 2W, ... (so give a number of batches divisible by the world size, or the
-    sampler repeats some to even them out).
+
+class RankSampler(Sampler[int]):
+    """Deterministic split of ``size`` batches over the ranks: rank r gets positions r, r + W, r + 2W, ...
+
+    The rank and world size W are read from ``torch.distributed`` when iteration starts (so the sampler can be
+    built before the processes are). ``shuffle`` permutes the order with ``seed + epoch`` (the same permutation
+    on every rank; Lightning calls ``set_epoch``). ``pad`` repeats leading positions so that every rank gets the
+    same number (needed for training under DDP); without it the last ranks may get one fewer (but every rank
+    gets at least one).
     """
-    if isinstance(batches, DataLoader):
-        return batches
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(_BatchList(list(batches)), batch_size=None, shuffle=shuffle, collate_fn=_keep, generator=generator)
+
+    def __init__(self, size: int, shuffle: bool = False, seed: int = 0, pad: bool = True) -> None:
+        self.size = size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.pad = pad
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _positions(self) -> list[int]:
+        if self.shuffle:
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        else:
+            order = list(range(self.size))
+        rank, world = _rank_and_world()
+        if world > 1 and order:
+            # pad: equal counts; otherwise at least one each (a rank without batches would skip the epoch-end
+            # reduction and hang the others; the repeated batch then counts twice)
+            target = -(-len(order) // world) * world if self.pad else max(len(order), world)
+            extra = target - len(order)
+            order = order + (order * (extra // len(order) + 1))[:extra]
+        return order[rank::world]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._positions())
+
+    def __len__(self) -> int:
+        return len(self._positions())
+
+
+def batches_loader(batches: Iterable[Any], shuffle: bool = False, seed: int = 0, pad: bool = True) -> DataLoader:
+    """A DataLoader yielding the given raw batches unchanged, split over DDP ranks by :class:`RankSampler`.
+
+    The batches are materialised once as a list (raw batches such as lists of row dicts are small; a DataLoader
+    is iterated once, so a shuffling loader is frozen into one order). Under DDP rank r gets batches r, r + W,
+    ...: build the Trainer with ``use_distributed_sampler=False`` so Lightning keeps this sampler. Give
+    ``pad=False`` for residual (validation) batches so that none is counted twice.
+    """
+    items = list(batches)
+    return DataLoader(
+        _BatchList(items), batch_size=None, sampler=RankSampler(len(items), shuffle=shuffle, seed=seed, pad=pad),
+        collate_fn=_keep,
+    )
 
 
 # ------------------------------------------------------------------------------------------ module
@@ -358,4 +407,4 @@ class InfluenceSolver(L.LightningModule):
         self.final_relative_residual.fill_(final)
 
 
-__all__ = ["InfluenceSolver", "batches_loader"]
+__all__ = ["InfluenceSolver", "RankSampler", "batches_loader"]

@@ -341,7 +341,8 @@ class QPSettings(SolverSettings):
 
     Args:
         optimizer: ``"sgd"``, ``"momentum"`` (heavy ball; ``nesterov`` optional) or ``"adam"``.
-        lr: learning rate; ``None`` (sgd/momentum only) = 1/λ_max(H_λ) estimated by power iteration.
+        lr: learning rate; ``None`` (sgd/momentum only) = (1 − momentum)/L with L = max over the first
+            ``power_batches`` training batches of λ_max(H_B + λI) by power iteration (momentum 0 for sgd).
         momentum: momentum factor for ``"momentum"``.
         nesterov: Nesterov momentum.
         betas: Adam's betas.
@@ -839,7 +840,10 @@ class QPSolver(Solver):
             lam_max = max_batch_eigenvalue(problem, s.power_batches, s.power_iters, s.seed, info)
             if lam_max <= 0:
                 raise ValueError("qp: the estimated curvature is zero; give an explicit lr")
-            lr = 1.0 / lam_max
+            # effective step lr / (1 − β) = 1 / max_B λ_max(H_B,λ): stable under the switching mini-batch
+            # curvatures (a larger heavy-ball step can diverge even when every H_B alone would allow it)
+            beta = s.momentum if s.optimizer == "momentum" else 0.0
+            lr = (1.0 - beta) / lam_max
         info.extra["lr"] = lr
         solver = InfluenceSolver(
             problem.module, problem.params, b,
@@ -866,12 +870,13 @@ class QPSolver(Solver):
         )
         kwargs.update(self.trainer_kwargs)
         kwargs["inference_mode"] = False  # validation needs autograd
+        kwargs["use_distributed_sampler"] = False  # batches_loader splits the batches over ranks itself
         trainer = L.Trainer(**kwargs)
         residual = problem.train_batches if problem.residual_batches is None else problem.residual_batches
         trainer.fit(
             solver,
             train_dataloaders=batches_loader(problem.train_batches, shuffle=s.shuffle, seed=s.seed),
-            val_dataloaders=batches_loader(residual),
+            val_dataloaders=batches_loader(residual, pad=False),
         )
         self.trainer, self.module = trainer, solver
         delta = {k: v.to(device=b[k].device, dtype=b[k].dtype) for k, v in solver.delta_dict().items()}

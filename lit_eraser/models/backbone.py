@@ -35,6 +35,9 @@ class TinyLlamaSettings:
         intermediate_size: Width of the SwiGLU MLP; ``None`` means ``2 * hidden_size``.
         max_position_embeddings: Longest sequence the rotary embedding is configured for.
         rope_theta: Rotary embedding base.
+        init_std: Standard deviation of the random weight init; ``None`` means ``hidden_size ** -0.5``. (HF's
+            0.02 is tuned for widths of ~4096; on a 128-wide model it makes the frozen LM head so small that
+            the logits can hardly move from uniform and a LoRA-only adapter barely learns.)
     """
 
     hidden_size: int = 128
@@ -44,6 +47,7 @@ class TinyLlamaSettings:
     intermediate_size: int | None = None
     max_position_embeddings: int = 1024
     rope_theta: float = 10000.0
+    init_std: float | None = None
 
     def __post_init__(self) -> None:
         if self.hidden_size < 8 or self.num_layers < 1 or self.num_heads < 1:
@@ -57,6 +61,8 @@ class TinyLlamaSettings:
             raise ValueError("the head dimension (hidden_size / num_heads) must be even for rotary embeddings")
         if self.intermediate_size is not None and self.intermediate_size < 1:
             raise ValueError(f"intermediate_size must be >= 1, got {self.intermediate_size}")
+        if self.init_std is not None and self.init_std <= 0:
+            raise ValueError(f"init_std must be > 0, got {self.init_std}")
         if self.max_position_embeddings < 16:
             raise ValueError(f"max_position_embeddings must be >= 16, got {self.max_position_embeddings}")
 
@@ -136,6 +142,7 @@ def build_tiny_llama(settings: TinyLlamaSettings, vocab_size: int, pad_id: int, 
         eos_token_id=eos_id,
         tie_word_embeddings=False,
         attention_dropout=0.0,
+        initializer_range=settings.init_std or settings.hidden_size**-0.5,
     )
     config._attn_implementation = "eager"
     with fork_seed(seed):

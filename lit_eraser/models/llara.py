@@ -152,6 +152,9 @@ class LlaraRecommender(RecommenderModule):
 
     def _finish_build(self) -> None:
         super()._finish_build()
+        # Only SASRec's embedding table is used (no dropout path); keep its mode in step with the module's
+        # so Lightning does not warn about sub-modules left in eval mode.
+        self.item_encoder.train(self.training)
         self._history_slot = int(self.tokenizer.convert_tokens_to_ids(HISTORY_SLOT))
         self._candidate_slot = int(self.tokenizer.convert_tokens_to_ids(CANDIDATE_SLOT))
         self._title_ids = self._text_ids([llara_response(t) for t in self.item_titles])
