@@ -184,27 +184,26 @@ def bench(factory, impls: list[str], repeats: int, warmup: int) -> dict[str, flo
         def grad_once() -> None:
             torch.autograd.grad(module(batch).sum(), list(params.values()))
 
-        for _ in range(warmup):
-            grad_once()
-        samples = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            grad_once()
-            samples.append(time.perf_counter() - t0)
-        times["forward+backward"] = statistics.median(samples)
+        # Round-robin: every repeat times each implementation once, so load changes on a shared machine hit all alike.
+        runners = {"forward+backward": lambda: (grad_once(), None)[1]}
         for impl in impls:
+            runners[impl] = lambda impl=impl: batch_hvp_sum(module, params, batch, vector, "hessian", impl)[0]
+        samples: dict[str, list[float]] = {name: [] for name in runners}
+        for name, run in list(runners.items()):
             try:
                 for _ in range(warmup):
-                    batch_hvp_sum(module, params, batch, vector, "hessian", impl)
-                samples = []
-                for _ in range(repeats):
-                    t0 = time.perf_counter()
-                    out, _ = batch_hvp_sum(module, params, batch, vector, "hessian", impl)
-                    samples.append(time.perf_counter() - t0)
-                times[impl] = statistics.median(samples)
-                results[impl] = out
+                    run()
             except Exception as err:  # report and go on
-                print(f"  {impl}: failed: {type(err).__name__}: {err}")
+                print(f"  {name}: failed: {type(err).__name__}: {err}")
+                del runners[name], samples[name]
+        for _ in range(repeats):
+            for name, run in runners.items():
+                t0 = time.perf_counter()
+                out = run()
+                samples[name].append(time.perf_counter() - t0)
+                if out is not None:
+                    results[name] = out
+        times = {name: statistics.median(values) for name, values in samples.items()}
     base = times.get("autograd")
     for name, t in times.items():
         ratio = f"  ratio to autograd {t / base:.2f}" if base else ""

@@ -49,3 +49,16 @@ def ml100k_dir(shared_data_dir: Path) -> Path:
 def bookcrossing_dir(shared_data_dir: Path) -> Path:
     """``<data root>/bookcrossing`` (skips when its files are absent)."""
     return _dataset_dir(shared_data_dir, "bookcrossing", ("valid.json", "test.json"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_caches(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tokenizer/SASRec caches and W&B files go to a temporary folder; W&B never goes online in tests."""
+    mp = pytest.MonkeyPatch()
+    root = tmp_path_factory.mktemp("caches")
+    mp.setenv("LIT_ERASER_CACHE", str(root / "lit-eraser"))
+    mp.setenv("WANDB_MODE", "offline")
+    mp.setenv("WANDB_SILENT", "true")
+    mp.setenv("WANDB_DIR", str(root / "wandb"))
+    yield
+    mp.undo()

@@ -218,16 +218,27 @@ def fit(module: nn.Module, params: dict[str, nn.Parameter], batches: list[Any], 
     module.train(was)
 
 
-def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+def snapshot(module: nn.Module) -> dict[str, Any]:
+    """The module's state and, per parameter, its ``.grad`` object (usually None)."""
+    return {
+        "state": {k: v.detach().clone() for k, v in module.state_dict().items()},
+        "grads": {k: (None if p.grad is None else p.grad.detach().clone()) for k, p in module.named_parameters()},
+        "requires_grad": {k: p.requires_grad for k, p in module.named_parameters()},
+    }
 
 
-def assert_unchanged(module: nn.Module, before: dict[str, torch.Tensor]) -> None:
+def assert_unchanged(module: nn.Module, before: dict[str, Any]) -> None:
+    """No weight, buffer, ``.grad`` or ``requires_grad`` flag changed."""
     after = module.state_dict()
-    for k, v in before.items():
+    for k, v in before["state"].items():
         assert torch.equal(after[k], v), f"{k} changed"
     for k, p in module.named_parameters():
-        assert p.grad is None, f"{k}.grad was written"
+        old = before["grads"][k]
+        if old is None:
+            assert p.grad is None, f"{k}.grad was written"
+        else:
+            assert p.grad is not None and torch.equal(p.grad, old), f"{k}.grad was changed"
+        assert p.requires_grad == before["requires_grad"][k], f"{k}.requires_grad changed"
 
 
 # ------------------------------------------------------------------------------------------ fixtures

@@ -209,3 +209,37 @@ def test_clear_errors():
         hvp(bad, bad.adapter_parameters(), batches[0], _random_like(bad.adapter_parameters()), encode=encode_regression)
     with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode=False"):
         hvp(module, params, batches[0], v, encode=encode_regression)
+
+
+def test_recommender_module_contract(tmp_path):
+    """The engine on the real (tiny, random-init) LLaRA recommender: θ only, implementations agree, GN is PSD."""
+    from lit_eraser.data import SyntheticDataModule
+    from lit_eraser.models import LlaraRecommender, LoraSettings, SasrecSettings, TinyLlamaSettings
+
+    torch.manual_seed(0)
+    dm = SyntheticDataModule(kind="sequential", n_train=16, n_val=4, n_test=4)
+    dm.setup("fit")
+    module = LlaraRecommender(
+        tiny=TinyLlamaSettings(hidden_size=32, num_layers=1, num_heads=2, max_position_embeddings=512),
+        sasrec=SasrecSettings(hidden_size=16, num_layers=1, num_heads=1, epochs=1, batch_size=64),
+        lora=LoraSettings(r=2, alpha=4, dropout=0.1), vocab_size=400, cache_dir=str(tmp_path),
+    ).build(dm)
+    params = module.adapter_parameters()
+    with torch.no_grad():
+        for name, p in params.items():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.05)
+    rows = [dm.train_rows[i] for i in range(4)]
+    module.train()
+    before = snapshot(module)
+    u, v = _random_like(params, 1), _random_like(params, 2)
+    hu = hvp(module, params, rows, u, encode=module.encode)
+    hv = hvp(module, params, rows, v, encode=module.encode)
+    hv_func = hvp(module, params, rows, v, encode=module.encode, impl="func_vjp")
+    assert torch.allclose(flatten(hv_func), flatten(hv), rtol=1e-3, atol=1e-6)
+    # symmetric: uᵀHv = vᵀHu
+    assert float(flatten(u) @ flatten(hv)) == pytest.approx(float(flatten(v) @ flatten(hu)), rel=1e-3)
+    gv = hvp(module, params, rows, v, curvature="gauss_newton", encode=module.encode)
+    assert float(flatten(gv) @ flatten(v)) >= 0
+    assert module.training
+    assert_unchanged(module, before)

@@ -229,6 +229,7 @@ class InfluenceSolver(L.LightningModule):
         self.register_buffer("hvp_calls", torch.zeros((), dtype=torch.long))
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("final_relative_residual", torch.tensor(float("nan"), dtype=torch.float64))
+        self.register_buffer("stopped_early", torch.zeros((), dtype=torch.bool))
         self._local_hvp_calls = 0
         self._val_sum: list[torch.Tensor] | None = None
         self._val_count = 0
@@ -385,7 +386,8 @@ class InfluenceSolver(L.LightningModule):
         rel = self._finish_residual()
         self._last_val_residual = rel
         self._last_val_step = int(self.num_steps.item())
-        self.log("val/relative_residual", rel, prog_bar=True, sync_dist=False)
+        # already reduced over ranks (identical everywhere); sync_dist only silences Lightning's epoch-level warning
+        self.log("val/relative_residual", rel, prog_bar=True, sync_dist=True)
 
     def on_train_end(self) -> None:
         total = torch.tensor([float(self._local_hvp_calls)], dtype=torch.float64, device=self.device)
@@ -404,6 +406,7 @@ class InfluenceSolver(L.LightningModule):
         if self.trainer.world_size > 1:
             total = self.trainer.strategy.reduce(total, reduce_op="sum")
         self.hvp_calls.fill_(int(total.item()))
+        self.stopped_early.fill_(bool(self.trainer.should_stop))
         self.final_relative_residual.fill_(final)
 
 

@@ -885,7 +885,7 @@ class QPSolver(Solver):
         info.relative_residual = final  # NaN (measured afterwards by Solver.solve) when not measured in the fit
         info.extra.update(
             steps=int(solver.num_steps.item()), optimizer=s.optimizer, schedule=s.schedule,
-            stopped_early=bool(trainer.should_stop) if trainer.state.fn is not None else False,
+            stopped_early=bool(solver.stopped_early.item()),
             last_checked_residual=float(trainer.callback_metrics.get("val/relative_residual", torch.tensor(float("nan")))),
             world_size=int(trainer.world_size),
         )
