@@ -82,6 +82,14 @@ def test_exact_equals_dense_damped_solve(method):
     assert info.extra["min_eigenvalue"] > 0
 
 
+def test_exact_dense_curvature_is_the_same_column_by_column_and_chunked():
+    problem, b, _ = _mlp_problem(batch_size=13)  # ragged last batch
+    dense = {c: get_solver("exact", chunk_size=c).dense_curvature(problem) for c in (1, 7, 64)}
+    H = dense_hessian(problem.module, problem.params, problem.train_batches, encode_regression)
+    for c, value in dense.items():
+        assert torch.allclose(value, H, rtol=1e-9, atol=1e-12), c
+
+
 def test_cg_matches_exact():
     problem, b, _ = _attention_problem()
     exact, _ = solve(problem, b, "exact")

@@ -14,6 +14,16 @@ from lit_eraser.models.prompts import TALLREC_INSTRUCTION
 TINY = TinyLlamaSettings(hidden_size=32, num_layers=1, num_heads=2, max_position_embeddings=512)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tiny models run fastest on one thread; more threads only contend on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+
 @pytest.fixture(scope="module")
 def datamodule():
     dm = SyntheticDataModule(kind="binary", n_train=48, n_val=16, n_test=24, batch_size=8, eval_batch_size=8)

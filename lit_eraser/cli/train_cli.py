@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from lit_eraser.cli.errors import exit_on_user_error
 from lit_eraser.cli.loggers import LoggerMode, build_logger
 import lit_eraser.data  # noqa: F401 - registers the datamodules for short class names
 import lit_eraser.models  # noqa: F401 - registers the recommenders
@@ -76,6 +77,7 @@ def run_training(cli: TrainCLI) -> dict[str, float]:
     return metrics
 
 
+@exit_on_user_error
 def main(args: list[str] | None = None) -> dict[str, float]:
     """Parse the command line (``args`` or ``sys.argv``) and run one training job."""
     torch.set_float32_matmul_precision("high")

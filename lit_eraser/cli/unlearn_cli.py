@@ -10,6 +10,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import lit_eraser.data  # noqa: F401 - registers the datamodules for short class names
 import lit_eraser.models  # noqa: F401 - registers the recommenders
+from lit_eraser.cli.errors import exit_on_user_error
 from lit_eraser.cli.loggers import LoggerMode, build_logger
 from lit_eraser.data.base import RecDataModule
 from lit_eraser.models.base import RecommenderModule
@@ -46,6 +47,7 @@ class UnlearnCLI(LightningCLI):
         parser.add_argument("--wandb_project", type=str, default="lit-eraser", help="W&B project name.")
 
 
+@exit_on_user_error
 def main(args: list[str] | None = None) -> dict[str, Any]:
     """Parse the command line (``args`` or ``sys.argv``), validate everything, and run the experiment."""
     torch.set_float32_matmul_precision("high")

@@ -149,6 +149,37 @@ class PreparedBatch:
         return _fill(jt_h, self.params)
 
 
+def hessian_columns(prepared: PreparedBatch, start: int, stop: int) -> torch.Tensor:
+    """Columns ``start:stop`` of Σ_{i∈B} ∇²ℓ_i as a float64 ``[p, stop − start]`` matrix, by one vmapped backward
+    (``is_grads_batched``) over the unit vectors; θ flattened in dict order. Hessian curvature only."""
+    if prepared.curvature != "hessian":
+        raise ValueError("hessian_columns needs curvature='hessian'")
+    params = prepared.params
+    plist = list(params.values())
+    sizes = [p.numel() for p in plist]
+    total = sum(sizes)
+    k = stop - start
+    first = plist[0]
+    unit = torch.zeros(k, total, dtype=first.dtype, device=first.device)
+    unit[torch.arange(k), torch.arange(start, stop)] = 1.0
+    blocks = [blk.reshape(k, *p.shape) for blk, p in zip(unit.split(sizes, dim=1), plist)]
+    pairs = [(g, blk) for g, blk in zip(prepared._grads, blocks) if g is not None and g.requires_grad]
+    if not pairs:
+        return torch.zeros(total, k, dtype=torch.float64, device=first.device)
+    cols = torch.autograd.grad(
+        [g for g, _ in pairs], plist, grad_outputs=[blk for _, blk in pairs],
+        retain_graph=True, allow_unused=True, is_grads_batched=True,
+    )
+    flat = torch.cat(
+        [
+            (torch.zeros(k, n, dtype=torch.float64, device=first.device) if c is None else c.reshape(k, n).double())
+            for c, n in zip(cols, sizes)
+        ],
+        dim=1,
+    )
+    return flat.T
+
+
 def _func_hvp_sum(
     module: nn.Module, params: Mapping[str, nn.Parameter], batch: Any, vector: Mapping[str, torch.Tensor], impl: str
 ) -> tuple[TensorDict, int]:
@@ -326,6 +357,7 @@ __all__ = [
     "batch_hvp_sum",
     "dataset_hvp",
     "estimate_top_eigenvalue",
+    "hessian_columns",
     "hvp",
     "tzeros_like",
 ]

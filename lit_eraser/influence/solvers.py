@@ -69,6 +69,7 @@ from lit_eraser.influence.hvp import (
     PreparedBatch,
     check_gauss_newton_hook,
     estimate_top_eigenvalue,
+    hessian_columns,
 )
 
 
@@ -229,14 +230,18 @@ class ExactSettings(SolverSettings):
         max_params: refuse when θ has more entries than this (H is p×p, built with p products per batch).
         method: ``"hvp"`` (p products per batch, each batch's graph built once) or ``"func_hessian"``
             (``torch.func.hessian`` of the flattened θ; Hessian curvature only).
+        chunk_size: Hessian columns per vmapped backward (``is_grads_batched``) with method ``"hvp"``; 1, or a
+            model whose backward has no batching rule, gives one product at a time.
         report_eigenvalues: also report the smallest and largest eigenvalue of H_λ (``eigvalsh``).
     """
 
     max_params: int = 5000
     method: Literal["hvp", "func_hessian"] = "hvp"
+    chunk_size: int = 64
     report_eigenvalues: bool = True
 
     def validate(self) -> None:
+        _check(_is_int(self.chunk_size) and self.chunk_size >= 1, "ExactSettings", f"chunk_size must be an int >= 1, got {self.chunk_size!r}")
         _check(_is_int(self.max_params) and self.max_params >= 1, "ExactSettings", f"max_params must be an int >= 1, got {self.max_params!r}")
         _check(self.method in ("hvp", "func_hessian"), "ExactSettings", f"method must be 'hvp' or 'func_hessian', got {self.method!r}")
 
@@ -529,6 +534,7 @@ class ExactSolver(Solver):
         params = problem.params
         p = problem.num_params
         device = param_device(params)
+        self._vectorize = True
         total = torch.zeros(p, p, dtype=torch.float64, device=device)
         count = 0
         calls = 0
@@ -543,8 +549,17 @@ class ExactSolver(Solver):
                 else:
                     prepared = PreparedBatch(problem.module, params, batch, problem.curvature)
                     n = prepared.count
+                    start = 0
+                    if problem.curvature == "hessian" and self.settings.chunk_size > 1 and self._vectorize:
+                        try:
+                            while start < p:
+                                stop = min(p, start + self.settings.chunk_size)
+                                total[:, start:stop] += hessian_columns(prepared, start, stop)
+                                start = stop
+                        except (RuntimeError, NotImplementedError):  # no batching rule: one column at a time
+                            self._vectorize = False
                     flat_unit = torch.zeros(p, dtype=next(iter(params.values())).dtype, device=device)
-                    for j in range(p):
+                    for j in range(start, p):
                         flat_unit.zero_()
                         flat_unit[j] = 1.0
                         col = prepared.apply(unflatten(flat_unit, eye_like), retain_graph=j < p - 1)

@@ -213,15 +213,19 @@ def base_state_dict(peft_model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_tiny_base(peft_model: nn.Module, directory: str | Path) -> None:
-    """Write ``config.json`` + ``model.safetensors`` of the random-init base (so a reload needs no RNG)."""
+def save_tiny_base(model: nn.Module, directory: str | Path) -> None:
+    """Write ``config.json`` + ``model.safetensors`` of the tiny base (plain or peft-wrapped; LoRA excluded),
+    so a reload never depends on an RNG or on a pretraining run."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    base = peft_model.get_base_model()
+    if hasattr(model, "get_base_model"):
+        base, state = model.get_base_model(), base_state_dict(model)
+    else:
+        base, state = model, {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     base.config.to_json_file(str(directory / "config.json"))
-    save_file(base_state_dict(peft_model), str(directory / "model.safetensors"), metadata={"format": "pt"})
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
 
 
 def load_tiny_base(directory: str | Path):

@@ -41,6 +41,7 @@ from lit_eraser.models.backbone import (
     run_decoder,
     save_tiny_base,
 )
+from lit_eraser.models.pretrain import BasePretrainSettings, cached_pretrained_base
 from lit_eraser.models.persistence import (
     FORMAT,
     FORMAT_VERSION,
@@ -98,6 +99,8 @@ class RecommenderModule(L.LightningModule):
         backbone_dtype: dtype of a pretrained backbone's frozen weights (the tiny preset is always float32).
         reuse_frozen_from: A run directory whose frozen parts (tokenizer, tiny base, item encoder) are reused
             instead of rebuilt; the adapter is freshly initialised (for retraining baselines).
+        pretrain: Short cached pretraining of the tiny base on random catalogue prompts (no user data), a
+            stand-in for a pretrained LLM; ``steps: 0`` keeps the random init (see ``lit_eraser.models.pretrain``).
     """
 
     #: Row kind this recommender encodes (``sequential`` or ``binary``).
@@ -105,7 +108,11 @@ class RecommenderModule(L.LightningModule):
     #: Registry name (``lit_eraser.models.MODELS``).
     registry_name: ClassVar[str] = ""
     #: Dataclass-typed init arguments (rebuilt from dicts when loading ``recommender.json``).
-    settings_types: ClassVar[dict[str, type]] = {"tiny": TinyLlamaSettings, "lora": LoraSettings}
+    settings_types: ClassVar[dict[str, type]] = {
+        "tiny": TinyLlamaSettings,
+        "lora": LoraSettings,
+        "pretrain": BasePretrainSettings,
+    }
 
     def __init__(
         self,
@@ -122,6 +129,7 @@ class RecommenderModule(L.LightningModule):
         cache_dir: str | None = None,
         backbone_dtype: BackboneDtype = "float32",
         reuse_frozen_from: str | None = None,
+        pretrain: BasePretrainSettings = BasePretrainSettings(),
     ) -> None:
         init_args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
@@ -138,6 +146,7 @@ class RecommenderModule(L.LightningModule):
         self.backbone = backbone
         self.tiny = _coerce(tiny, TinyLlamaSettings)
         self.lora = _coerce(lora, LoraSettings)
+        self.pretrain = _coerce(pretrain, BasePretrainSettings)
         if self.is_tiny and max_length > self.tiny.max_position_embeddings:
             raise ValueError(
                 f"max_length={max_length} exceeds the tiny preset's max_position_embeddings="
@@ -156,7 +165,7 @@ class RecommenderModule(L.LightningModule):
         self.tokenizer: Any = None
         self.llm: nn.Module | None = None
         self._added_token_rows: dict[str, torch.Tensor] = {}
-        init_args.update(tiny=self.tiny, lora=self.lora)
+        init_args.update(tiny=self.tiny, lora=self.lora, pretrain=self.pretrain)
         #: Every init argument (subclasses add theirs), to rebuild the module from ``recommender.json``.
         self._init_args: dict[str, Any] = init_args
 
@@ -240,37 +249,82 @@ class RecommenderModule(L.LightningModule):
             )
         reuse = Path(self.reuse_frozen_from) if self.reuse_frozen_from else None
         self._prepare_data_state(datamodule)
-        if reuse is not None:
-            tokenizer = load_tokenizer(reuse / "tokenizer")
-        elif self.is_tiny:
+        if not self.is_tiny:
+            base, tokenizer = self._pretrained_parts(reuse)
+        elif reuse is not None:
+            tokenizer, base = load_tokenizer(reuse / "tokenizer"), load_tiny_base(reuse / "base_model")
+        else:
             tokenizer = cached_tokenizer(
                 self._corpus(datamodule), self.vocab_size, self.template_texts(), self.resolved_cache_dir() / "tokenizers"
             )
-        else:
-            tokenizer = load_pretrained_tokenizer(self.backbone)
+            check_tokenizer(tokenizer)
+            base = None
+        self.tokenizer = tokenizer
+        self._setup_encoding()
         self._build_frozen_parts(datamodule, reuse)
-        if self.is_tiny:
-            if reuse is not None:
-                base = load_tiny_base(reuse / "base_model")
-            else:
-                check_tokenizer(tokenizer)
-                base = build_tiny_llama(
-                    self.tiny, len(tokenizer), int(tokenizer.pad_token_id), int(tokenizer.bos_token_id),
-                    int(tokenizer.eos_token_id), self.seed,
-                )
-        else:
-            base = load_pretrained_backbone(self.backbone, self.backbone_dtype)
-            old = base.get_input_embeddings().num_embeddings
-            with fork_seed(self.seed):
-                resize_for_tokens(base, tokenizer, SLOT_TOKENS)
-            self._added_token_rows = self._collect_added_rows(base, old)
+        if base is None:  # a fresh tiny base: seeded random init, then the optional cached pretraining
+            base = build_tiny_llama(
+                self.tiny, len(tokenizer), int(tokenizer.pad_token_id), int(tokenizer.bos_token_id),
+                int(tokenizer.eos_token_id), self.seed,
+            )
+            base = cached_pretrained_base(
+                base, self.pretraining_batch, self.pretrain, self.seed, self.resolved_cache_dir() / "tiny_base",
+                self._pretrain_key_payload(), log=self._log_info,
+            )
         self._install(tokenizer, base)
         self._build_adapter_modules()
         self._finish_build()
         return self
 
+    def _pretrained_parts(self, reuse: Path | None) -> tuple[nn.Module, Any]:
+        """A pretrained backbone and its tokenizer with the slot tokens (and a pad token) added."""
+        base = load_pretrained_backbone(self.backbone, self.backbone_dtype)
+        old = base.get_input_embeddings().num_embeddings
+        if reuse is not None:
+            tokenizer = load_tokenizer(reuse / "tokenizer")
+            base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+            added = reuse / "adapter" / _ADDED_EMBEDDINGS
+            if added.is_file():
+                self._added_token_rows = read_safetensors(added)
+                self._restore_added_rows(base, self._added_token_rows)
+            return base, tokenizer
+        tokenizer = load_pretrained_tokenizer(self.backbone)
+        with fork_seed(self.seed):
+            resize_for_tokens(base, tokenizer, SLOT_TOKENS)
+        if base.get_input_embeddings().num_embeddings > old:
+            self._added_token_rows = self._collect_added_rows(base, old)
+        return base, tokenizer
+
     def _corpus(self, datamodule: Any) -> list[str]:
         return list(datamodule.text_corpus())
+
+    @staticmethod
+    def _log_info(message: str) -> None:
+        from lightning.pytorch.utilities import rank_zero_info
+
+        rank_zero_info(message)
+
+    # base pretraining (tiny preset)
+    def pretraining_rows(self, rng: Any, n: int) -> list[dict[str, Any]]:  # pragma: no cover - per subclass
+        """``n`` rows in this recommender's format built from random catalogue items (no user data)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support base pretraining")
+
+    def pretraining_batch(self, rng: Any, n: int) -> dict[str, torch.Tensor]:
+        return self.encode(self.pretraining_rows(rng, n))
+
+    def catalogue_fingerprint(self) -> str:
+        """sha256 of the item names the pretraining prompts are drawn from."""
+        return ""
+
+    def _pretrain_key_payload(self) -> dict[str, Any]:
+        return {
+            "class": type(self).__name__,
+            "tiny": asdict(self.tiny),
+            "tokenizer": tokenizer_fingerprint(self.tokenizer),
+            "templates": self.template_texts(),
+            "catalogue": self.catalogue_fingerprint(),
+            "max_length": self.max_length,
+        }
 
     def _install(self, tokenizer: Any, base: nn.Module) -> None:
         if base.get_input_embeddings().num_embeddings < len(tokenizer):
@@ -310,8 +364,15 @@ class RecommenderModule(L.LightningModule):
     def _build_adapter_modules(self) -> None:
         """Build extra trainable adapter modules (LLaRA: the projector), seeded."""
 
+    def _setup_encoding(self) -> None:
+        """Token-id state the encoder needs (slot ids, title tokens), once the tokenizer is set."""
+
+    def _require_tokenizer(self) -> None:
+        if self.tokenizer is None:
+            self._require_built()
+
     def _finish_build(self) -> None:
-        """Derived state once tokenizer and model exist (token ids, title tokens)."""
+        """Freeze everything that is not θ once tokenizer and model exist."""
         for name, parameter in self.named_parameters():
             if parameter.requires_grad and name not in self._adapter_names():
                 parameter.requires_grad_(False)
@@ -634,6 +695,8 @@ class RecommenderModule(L.LightningModule):
                     raise TokenizerMismatchError(f"{adapter_dir / _ADDED_EMBEDDINGS} does not fit the tokenizer")
                 module._restore_added_rows(base, rows)
                 module._added_token_rows = rows
+        module.tokenizer = tokenizer
+        module._setup_encoding()
         module._load_frozen_extras(adapter_dir)
         module._install(tokenizer, base)
         module._build_adapter_modules()

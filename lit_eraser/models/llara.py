@@ -6,10 +6,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 
 from lit_eraser.metrics import HitRatioAt1, ValidRatio
@@ -100,6 +102,7 @@ class LlaraRecommender(RecommenderModule):
         self.projector: Projector | None = None
         self.item_titles: list[str] = []
         self.verb = interaction_verb or DEFAULT_INTERACTION_VERB
+        self.n_candidates = 20
         self._title_ids: list[list[int]] = []
         self._generated_rows = {"val": 0, "test": 0}
         self.eval_metrics = torch.nn.ModuleDict(
@@ -129,6 +132,27 @@ class LlaraRecommender(RecommenderModule):
             raise ValueError(f"{type(datamodule).__name__} has no item_titles; LLaRA needs a title per item id")
         self.item_titles = [clean_title(t) for t in titles]
         self.verb = self.interaction_verb or getattr(datamodule, "interaction_verb", None) or DEFAULT_INTERACTION_VERB
+        if len(datamodule.train_rows):
+            self.n_candidates = len(datamodule.train_rows[0]["candidates"])
+
+    def catalogue_fingerprint(self) -> str:
+        return hashlib.sha256("\n".join(self.item_titles).encode("utf-8")).hexdigest()
+
+    def pretraining_rows(self, rng: np.random.Generator, n: int) -> list[dict[str, Any]]:
+        """Random histories and candidate lists (2 to ``n_candidates`` long) of catalogue items; the answer is a
+        uniformly random candidate, so the base learns the format and to copy a title, never a preference."""
+        rows = []
+        n_items = len(self.item_titles)
+        most = min(self.n_candidates, n_items - 1)
+        for i in range(n):
+            k = int(rng.integers(2, most + 1))
+            h = int(rng.integers(1, min(self.max_history, n_items - k) + 1))
+            items = rng.choice(n_items, size=k + h, replace=False).tolist()
+            candidates = items[:k]
+            rows.append(
+                {"id": -1 - i, "user": -1, "history": items[k:], "candidates": candidates, "target": candidates[int(rng.integers(k))]}
+            )
+        return rows
 
     def _build_frozen_parts(self, datamodule: Any, reuse: Path | None) -> None:
         if reuse is not None:
@@ -140,6 +164,7 @@ class LlaraRecommender(RecommenderModule):
             return
         self.item_encoder = cached_sasrec(
             datamodule.train_rows, len(self.item_titles), self.sasrec_settings, self.seed, self.resolved_cache_dir(),
+            log=self._log_info,
         )
 
     def _build_adapter_modules(self) -> None:
@@ -155,6 +180,8 @@ class LlaraRecommender(RecommenderModule):
         # Only SASRec's embedding table is used (no dropout path); keep its mode in step with the module's
         # so Lightning does not warn about sub-modules left in eval mode.
         self.item_encoder.train(self.training)
+
+    def _setup_encoding(self) -> None:
         self._history_slot = int(self.tokenizer.convert_tokens_to_ids(HISTORY_SLOT))
         self._candidate_slot = int(self.tokenizer.convert_tokens_to_ids(CANDIDATE_SLOT))
         self._title_ids = self._text_ids([llara_response(t) for t in self.item_titles])
@@ -165,11 +192,12 @@ class LlaraRecommender(RecommenderModule):
 
     # ----------------------------------------------------------------------------------------- persistence
     def extra_state(self) -> dict[str, Any]:
-        return {"item_titles": self.item_titles, "interaction_verb": self.verb}
+        return {"item_titles": self.item_titles, "interaction_verb": self.verb, "n_candidates": self.n_candidates}
 
     def load_extra_state(self, state: Mapping[str, Any]) -> None:
         self.item_titles = list(state["item_titles"])
         self.verb = state.get("interaction_verb") or DEFAULT_INTERACTION_VERB
+        self.n_candidates = int(state.get("n_candidates", 20))
 
     def save_adapter_extras(self, directory: Path) -> list[str]:
         from lit_eraser.models.persistence import write_safetensors
@@ -242,14 +270,14 @@ class LlaraRecommender(RecommenderModule):
 
     def encode(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         """Rows -> ``input_ids``, ``attention_mask``, ``labels``, ``response_index``, ``slot_item_ids``."""
-        self._require_built()
+        self._require_tokenizer()
         prompts, slots = self._prompts(rows)
         responses = [self.response_ids(row["target"]) for row in rows]
         return self._collate(prompts, responses, slots)
 
     def encode_prompts(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         """Prompt-only batch (``input_ids``, ``attention_mask``, ``slot_item_ids``, ``lengths``) for evaluation."""
-        self._require_built()
+        self._require_tokenizer()
         prompts, slots = self._prompts(rows)
         return self._collate_prompts(prompts, slots)
 

@@ -4,9 +4,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
@@ -28,6 +30,7 @@ class TallrecRecommender(RecommenderModule):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._record_init_args()
+        self.item_names: list[str] = []
         self.eval_metrics = torch.nn.ModuleDict(
             {f"{split}_{name}": metric() for split in ("val", "test") for name, metric in (("auc", BinaryAUROC), ("accuracy", BinaryAccuracy))}
         )
@@ -35,8 +38,29 @@ class TallrecRecommender(RecommenderModule):
     def template_texts(self) -> list[str]:
         return tallrec_template_texts()
 
-    def _finish_build(self) -> None:
-        super()._finish_build()
+    def _prepare_data_state(self, datamodule: Any) -> None:
+        self.item_names = list(dict.fromkeys(clean_title(name) for name in datamodule.text_corpus()))
+
+    def catalogue_fingerprint(self) -> str:
+        return hashlib.sha256("\n".join(self.item_names).encode("utf-8")).hexdigest()
+
+    def pretraining_rows(self, rng: np.random.Generator, n: int) -> list[dict[str, Any]]:
+        """Random liked/disliked names; the target repeats one of them and the answer says which list it came
+        from (Yes = liked): the format and a look-up, never a user's preference."""
+        names, rows = self.item_names, []
+        if len(names) < 3:
+            raise ValueError("base pretraining needs at least 3 distinct item names")
+        for i in range(n):
+            size = int(rng.integers(2, min(10, len(names)) + 1))
+            picked = [names[j] for j in rng.choice(len(names), size=size, replace=False)]
+            split = int(rng.integers(1, size))
+            liked, disliked = picked[:split], picked[split:]
+            label = int(rng.integers(2))
+            pool = liked if label else disliked
+            rows.append({"id": -1 - i, "user": -1, "liked": liked, "disliked": disliked, "target": pool[int(rng.integers(len(pool)))], "label": label})
+        return rows
+
+    def _setup_encoding(self) -> None:
         self._responses = {label: self._text_ids([tallrec_response(label)])[0] + [self.eos_id] for label in (0, 1)}
         self.yes_id, self.no_id = self._responses[1][0], self._responses[0][0]
         if self.yes_id == self.no_id:
@@ -68,7 +92,7 @@ class TallrecRecommender(RecommenderModule):
 
     def encode(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         """Rows -> ``input_ids``, ``attention_mask``, ``labels`` (on ``Yes.``/``No.`` + eos), ``response_index``."""
-        self._require_built()
+        self._require_tokenizer()
         responses = []
         for row in rows:
             label = int(row["label"])
