@@ -22,7 +22,7 @@ from lit_eraser.influence.hvp import (
     hvp,
 )
 from lit_eraser.influence.rhs import gradient_sum, rhs
-from lit_eraser.influence.solver_module import InfluenceSolver, batches_loader
+from lit_eraser.influence.solver_module import InfluenceSolver, RankSampler, batches_loader
 from lit_eraser.influence.solvers import (
     SOLVERS,
     CGSettings,
@@ -53,6 +53,7 @@ __all__ = [
     "InfluenceSolver",
     "LissaSettings",
     "QPSettings",
+    "RankSampler",
     "SolveInfo",
     "Solver",
     "SolverSettings",

@@ -48,7 +48,6 @@ from lit_eraser.influence._utils import (
     tdot,
     tnorm,
     tscale,
-    tzeros_like,
 )
 
 Curvature = Literal["hessian", "gauss_newton"]
@@ -359,5 +358,4 @@ __all__ = [
     "estimate_top_eigenvalue",
     "hessian_columns",
     "hvp",
-    "tzeros_like",
 ]

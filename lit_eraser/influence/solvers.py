@@ -33,7 +33,7 @@ import dataclasses
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -57,7 +57,6 @@ from lit_eraser.influence._utils import (
     tadd,
     tdot,
     tnorm,
-    tscale,
     tzeros_like,
     unflatten,
 )

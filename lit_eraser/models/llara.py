@@ -171,6 +171,9 @@ class LlaraRecommender(RecommenderModule):
         hidden = self.base_model.get_input_embeddings().embedding_dim
         with fork_seed(self.seed + 2):
             self.projector = Projector(self.item_encoder.settings.hidden_size, hidden, self.projector_hidden)
+        # Start the projected item embeddings at the scale of the LLM's token embeddings (a loaded run
+        # overwrites these weights; this only shapes the initialisation).
+        self.projector.calibrate(self.item_encoder.item_table, self.base_model.get_input_embeddings().weight)
 
     def extra_adapter_modules(self) -> tuple[str, ...]:
         return ("projector",)

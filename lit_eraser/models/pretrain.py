@@ -7,7 +7,7 @@ training of a random tiny base barely learns on real catalogues (LastFM: chance-
 
 What: before LoRA is attached, every weight of the tiny base is trained for ``steps`` optimiser steps on
 prompts in the recommender's own template filled with **random** catalogue items (random histories, random
-candidate lists, a uniformly random candidate as the answer; TALLRec: random liked/disliked names and a
+candidate lists, a uniformly random candidate as the answer; slot positions get fresh random vectors; TALLRec: random liked/disliked names and a
 target copied from one of them, answer Yes if it was liked). The prompts carry no user interaction data, so
 the base holds nothing that unlearning would have to remove; it learns the format, the titles' tokens and
 how to copy a title from the list. The result is cached (keyed by sizes, tokenizer, catalogue, template,
@@ -64,7 +64,16 @@ class BasePretrainSettings:
 
 
 def _loss(base: nn.Module, batch: Mapping[str, torch.Tensor], kind: str) -> torch.Tensor:
-    hidden, _ = run_decoder(base.get_decoder(), input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    embedding = base.get_input_embeddings()
+    inputs = embedding(batch["input_ids"])
+    slots = batch.get("slot_item_ids")
+    if slots is not None:
+        # Slot positions will carry projected item embeddings the base has never seen: during pretraining they
+        # carry fresh random vectors of the token-embedding scale, so the base learns to read the prompt's
+        # structure from the text around them and never to depend on a slot token's own embedding.
+        noise = torch.randn_like(inputs) * embedding.weight.detach().std()
+        inputs = torch.where((slots >= 0).unsqueeze(-1), noise, inputs)
+    hidden, _ = run_decoder(base.get_decoder(), inputs_embeds=inputs, attention_mask=batch["attention_mask"])
     head = base.get_output_embeddings()
     if kind == "all":
         targets = batch["input_ids"][:, 1:].masked_fill(batch["attention_mask"][:, 1:] == 0, -100)
@@ -109,7 +118,7 @@ def pretrain_base(base: nn.Module, sample_batch: SampleBatch, settings: BasePret
 
 
 def pretrain_cache_key(payload: Mapping[str, Any], settings: BasePretrainSettings, seed: int) -> str:
-    blob = json.dumps({"v": 1, "payload": payload, "settings": asdict(settings), "seed": seed}, sort_keys=True, default=str)
+    blob = json.dumps({"v": 2, "payload": payload, "settings": asdict(settings), "seed": seed}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 

@@ -22,3 +22,13 @@ class Projector(nn.Module):
 
     def forward(self, item_embeddings: torch.Tensor) -> torch.Tensor:
         return self.net(item_embeddings)
+
+    @torch.no_grad()
+    def calibrate(self, item_embeddings: torch.Tensor, token_embeddings: torch.Tensor) -> None:
+        """Rescale the output layer so projected items have the token embeddings' standard deviation."""
+        target = token_embeddings.detach().float().std()
+        actual = self(item_embeddings.detach().to(self.net[0].weight)).float().std()
+        if torch.isfinite(actual) and actual > 0:
+            factor = (target / actual).to(self.net[2].weight.dtype)
+            self.net[2].weight.mul_(factor)
+            self.net[2].bias.mul_(factor)
