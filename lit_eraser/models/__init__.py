@@ -16,6 +16,7 @@ from lit_eraser.models.persistence import (
     TokenizerMismatchError,
     load_run,
 )
+from lit_eraser.models.pretrain import BasePretrainSettings
 from lit_eraser.models.projector import Projector
 from lit_eraser.models.sasrec import SASRec, SasrecSettings, cached_sasrec, train_sasrec
 from lit_eraser.models.tallrec import TallrecRecommender
@@ -28,6 +29,7 @@ MODELS: dict[str, type[RecommenderModule]] = {
 
 __all__ = [
     "LLAMA_LINEAR_MODULES",
+    "BasePretrainSettings",
     "MODELS",
     "CorruptFileError",
     "LlaraRecommender",

@@ -46,9 +46,9 @@ class SasrecSettings:
     num_heads: int = 2
     max_len: int = 10
     dropout: float = 0.2
-    epochs: int = 20
-    batch_size: int = 256
-    lr: float = 2e-3
+    epochs: int = 5
+    batch_size: int = 512
+    lr: float = 5e-3
     weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
