@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from lit_eraser.cli.common import make_cli
 from lit_eraser.cli.train_cli import TrainCLI
 from lit_eraser.cli.train_cli import main as train_main
 from lit_eraser.cli.unlearn_cli import UnlearnCLI
@@ -38,10 +39,8 @@ CPU = ["--trainer.accelerator", "cpu", "--trainer.precision", "32-true"]
 
 @pytest.mark.parametrize("config", TRAIN_CONFIGS, ids=lambda p: p.name)
 def test_train_config_instantiates(config: Path, tmp_path: Path) -> None:
-    cli = TrainCLI(
-        RecommenderModule, RecDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
-        save_config_callback=None, auto_configure_optimizers=False,
-        args=["--config", str(config), "--output_dir", str(tmp_path / "run"), "--wandb_mode", "disabled", *CPU],
+    cli = make_cli(
+        TrainCLI, ["--config", str(config), "--output_dir", str(tmp_path / "run"), "--wandb_mode", "disabled", *CPU]
     )
     assert isinstance(cli.model, RecommenderModule) and isinstance(cli.datamodule, RecDataModule)
     assert cli.model.kind == cli.datamodule.kind
@@ -50,11 +49,7 @@ def test_train_config_instantiates(config: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("config", UNLEARN_CONFIGS, ids=lambda p: p.name)
 def test_unlearn_config_instantiates(config: Path, tmp_path: Path) -> None:
-    cli = UnlearnCLI(
-        RecommenderModule, RecDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
-        save_config_callback=None, auto_configure_optimizers=False,
-        args=["--config", str(config), "--output_dir", str(tmp_path / "run")],
-    )
+    cli = make_cli(UnlearnCLI, ["--config", str(config), "--output_dir", str(tmp_path / "run")])
     assert cli.model.kind == cli.datamodule.kind
     assert isinstance(cli.config_init["unlearn"], UnlearnSettings)
     assert cli.config_init["corruption"] is not None or cli.config["requests"] is not None

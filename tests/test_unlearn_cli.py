@@ -24,7 +24,10 @@ TINY = [
     "--model.init_args.tiny.hidden_size", "32", "--model.init_args.tiny.num_layers", "1",
     "--model.init_args.vocab_size", "384", "--model.init_args.generation", "off",
 ]
-CG = ["--unlearn.solver", "CGSettings", "--unlearn.solver.max_iter", "4", "--unlearn.damping", "0.01"]
+CG = [
+    "--unlearn.solver", "CGSettings", "--unlearn.solver.max_iter", "4", "--unlearn.solver.num_batches", "2",
+    "--unlearn.damping", "0.01", "--unlearn.residual_rows", "16",
+]
 
 
 def snapshot(directory: Path) -> dict[str, str]:

@@ -9,13 +9,12 @@ from typing import Any
 import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from lit_eraser.cli.common import make_cli
 from lit_eraser.cli.errors import exit_on_user_error
 from lit_eraser.cli.loggers import LoggerMode, build_logger
 import lit_eraser.data  # noqa: F401 - registers the datamodules for short class names
 import lit_eraser.models  # noqa: F401 - registers the recommenders
-from lit_eraser.data.base import RecDataModule
 from lit_eraser.io import atomic_directory, write_json
-from lit_eraser.models.base import RecommenderModule
 
 
 class TrainCLI(LightningCLI):
@@ -81,16 +80,6 @@ def run_training(cli: TrainCLI) -> dict[str, float]:
 def main(args: list[str] | None = None) -> dict[str, float]:
     """Parse the command line (``args`` or ``sys.argv``) and run one training job."""
     torch.set_float32_matmul_precision("high")
-    cli = TrainCLI(
-        RecommenderModule,
-        RecDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        run=False,
-        save_config_callback=None,
-        auto_configure_optimizers=False,
-        args=args,
-        parser_kwargs={"description": "Train a LoRA adapter for an LLM recommender."},
-    )
+    cli = make_cli(TrainCLI, args, "Train a LoRA adapter for an LLM recommender.")
     return run_training(cli)
 

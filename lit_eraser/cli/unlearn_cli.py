@@ -10,10 +10,9 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import lit_eraser.data  # noqa: F401 - registers the datamodules for short class names
 import lit_eraser.models  # noqa: F401 - registers the recommenders
+from lit_eraser.cli.common import make_cli
 from lit_eraser.cli.errors import exit_on_user_error
 from lit_eraser.cli.loggers import LoggerMode, build_logger
-from lit_eraser.data.base import RecDataModule
-from lit_eraser.models.base import RecommenderModule
 from lit_eraser.unlearning.corruption import CorruptionSpec
 from lit_eraser.unlearning.eraser import UnlearnSettings
 from lit_eraser.unlearning.experiment import ExperimentPlan, UnlearningExperiment
@@ -51,17 +50,7 @@ class UnlearnCLI(LightningCLI):
 def main(args: list[str] | None = None) -> dict[str, Any]:
     """Parse the command line (``args`` or ``sys.argv``), validate everything, and run the experiment."""
     torch.set_float32_matmul_precision("high")
-    cli = UnlearnCLI(
-        RecommenderModule,
-        RecDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        run=False,
-        save_config_callback=None,
-        auto_configure_optimizers=False,
-        args=args,
-        parser_kwargs={"description": "Unlearn IR / QM / RC requests from a LoRA adapter with LLMEraser."},
-    )
+    cli = make_cli(UnlearnCLI, args, "Unlearn IR / QM / RC requests from a LoRA adapter with LLMEraser.")
     config, init = cli.config, cli.config_init
     plan = ExperimentPlan(
         output_dir=Path(config["output_dir"]),

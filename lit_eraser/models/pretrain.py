@@ -1,17 +1,21 @@
 """Optional short *base pretraining* of the tiny LLaMA preset, cached on disk: a stand-in for a pretrained LLM.
 
-Why: a real LLaRA/TALLRec backbone (LLaMA2-7B) already knows how to read a list and copy a name from it;
-LoRA then only has to learn *which* candidate the user wants. A random-init frozen base cannot copy, and a
-rank-8 LoRA cannot build the full-rank attention "copy" circuit on top of random weights, so LoRA-only
-training of a random tiny base barely learns on real catalogues (LastFM: chance-level HR@1).
+Why: a real LLaRA/TALLRec backbone (LLaMA2-7B) already knows the catalogue's names and how to copy a name
+from a list; LoRA then only has to learn *which* candidate the user wants. A random-init frozen base knows
+neither, and a rank-8 LoRA cannot build a full-rank "copy" circuit on top of random weights.
 
 What: before LoRA is attached, every weight of the tiny base is trained for ``steps`` optimiser steps on
 prompts in the recommender's own template filled with **random** catalogue items (random histories, random
-candidate lists, a uniformly random candidate as the answer; slot positions get fresh random vectors; TALLRec: random liked/disliked names and a
-target copied from one of them, answer Yes if it was liked). The prompts carry no user interaction data, so
-the base holds nothing that unlearning would have to remove; it learns the format, the titles' tokens and
-how to copy a title from the list. The result is cached (keyed by sizes, tokenizer, catalogue, template,
-settings and seed) and saved with every run under ``base_model/``, so reloading never re-runs it.
+candidate lists of 2..20 items, a uniformly random candidate as the answer; slot positions get fresh random
+vectors; TALLRec: random liked/disliked names and a target repeated from one of them, answered Yes if it
+was liked). The prompts carry no user interaction data, so the base holds nothing that unlearning would
+have to remove. The result is cached (keyed by sizes, tokenizer, catalogue, template, settings and seed)
+and saved with every run under ``base_model/``, so reloading never re-runs it.
+
+Measured (LastFM, hidden 128, 2 layers, 1 CPU thread, ~0.4 s/step): 1,500 steps (~10 min) teach the titles
+(the tokens after a title's first one are then predicted with ~0.05 nats) but not yet to pick the *first*
+token from the candidate list (~10% of the probability mass on the candidates' first tokens); it is off by
+default (``steps=0``).
 """
 
 from __future__ import annotations

@@ -25,7 +25,6 @@ from lit_eraser.influence import cosine
 from lit_eraser.influence._utils import tadd
 from lit_eraser.io import atomic_directory, directory_checksums, write_json
 from lit_eraser.models.base import RecommenderModule
-from lit_eraser.profiling import PhaseCost
 from lit_eraser.unlearning.corruption import CorruptionSpec
 from lit_eraser.unlearning.eraser import UnlearnSettings, apply_delta, chunk, compute_update
 from lit_eraser.unlearning.evaluate import evaluate

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.cli import LightningCLI
-
+from lit_eraser.cli.common import make_cli
 from lit_eraser.cli.unlearn_cli import UnlearnCLI
 from lit_eraser.data.base import RecDataModule
 from lit_eraser.models.base import RecommenderModule
@@ -32,16 +31,7 @@ class Recipe:
 
 def load_recipe(path: str | Path, *overrides: str) -> Recipe:
     """Instantiate an unlearn.py recipe (plus command-line style ``overrides``) and apply its corruption."""
-    cli: LightningCLI = UnlearnCLI(
-        RecommenderModule,
-        RecDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        run=False,
-        save_config_callback=None,
-        auto_configure_optimizers=False,
-        args=["--config", str(path), "--wandb_mode", "disabled", *overrides],
-    )
+    cli = make_cli(UnlearnCLI, ["--config", str(path), "--wandb_mode", "disabled", *overrides])
     init = cli.config_init
     dm = cli.datamodule
     dm.prepare_data()
