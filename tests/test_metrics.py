@@ -16,6 +16,7 @@ def test_hit_ratio_total_and_valid_views():
     assert valid.compute().item() == pytest.approx(2 / 3)
 
 
+@pytest.mark.filterwarnings("ignore:The ``compute`` method")
 def test_hit_ratio_from_scores_and_accumulation():
     metric = HitRatioAt1()
     metric.update(torch.tensor([[0.1, 0.9, 0.0], [2.0, 1.0, 0.0]]), torch.tensor([1, 1]))

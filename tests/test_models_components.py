@@ -15,7 +15,12 @@ from lit_eraser.models import (
     TinyLlamaSettings,
     train_tokenizer,
 )
-from lit_eraser.models.backbone import apply_lora, build_tiny_llama, load_tiny_base, save_tiny_base
+from lit_eraser.models.backbone import (
+    apply_lora,
+    build_tiny_llama,
+    load_tiny_base,
+    save_tiny_base,
+)
 from lit_eraser.models.pretrain import BasePretrainSettings
 from lit_eraser.models.sasrec import (
     SASRec,
@@ -167,15 +172,16 @@ def test_lora_targets_must_exist(sequential, tmp_path):
 
 # ------------------------------------------------------------------------------------------ base pretraining
 def test_base_pretraining_is_cached_and_saved_with_the_run(sequential, tmp_path):
-    kwargs = dict(
-        tiny=TINY, vocab_size=400, cache_dir=str(tmp_path / "cache"), sasrec=SasrecSettings(hidden_size=8, num_heads=1, epochs=1),
-        pretrain=BasePretrainSettings(steps=4, batch_size=2, warmup_steps=1),
-    )
+    kwargs = {
+        "tiny": TINY, "vocab_size": 400, "cache_dir": str(tmp_path / "cache"),
+        "sasrec": SasrecSettings(hidden_size=8, num_heads=1, epochs=1),
+        "pretrain": BasePretrainSettings(steps=4, batch_size=2, warmup_steps=1),
+    }
     plain = LlaraRecommender(**{**kwargs, "pretrain": BasePretrainSettings()}).build(sequential)
     first = LlaraRecommender(**kwargs).build(sequential)
     assert len(list((tmp_path / "cache" / "tiny_base").iterdir())) == 1
     second = LlaraRecommender(**kwargs).build(sequential)  # from the cache
-    frozen = lambda m: {n: p for n, p in m.named_parameters() if n not in m.adapter_parameters()}  # noqa: E731
+    frozen = lambda m: {n: p for n, p in m.named_parameters() if n not in m.adapter_parameters()}
     a, b, c = frozen(first), frozen(second), frozen(plain)
     assert all(torch.equal(a[n], b[n]) for n in a)
     assert any(not torch.equal(a[n], c[n]) for n in a if "item_encoder" not in n)  # pretraining changed the base

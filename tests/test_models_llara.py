@@ -8,7 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from lit_eraser.data import SyntheticDataModule
-from lit_eraser.models import LlaraRecommender, LoraSettings, SasrecSettings, TinyLlamaSettings, parse_choice
+from lit_eraser.models import (
+    LlaraRecommender,
+    LoraSettings,
+    SasrecSettings,
+    TinyLlamaSettings,
+    parse_choice,
+)
 from lit_eraser.models.tokenizer import CANDIDATE_SLOT, HISTORY_SLOT
 
 TINY = TinyLlamaSettings(hidden_size=32, num_layers=1, num_heads=2, max_position_embeddings=512)
@@ -26,7 +32,10 @@ def _one_thread():
 
 
 def make_llara(cache_dir, **kwargs) -> LlaraRecommender:
-    defaults = dict(tiny=TINY, sasrec=SASREC, vocab_size=400, cache_dir=str(cache_dir), lora=LoraSettings(r=4, alpha=8, dropout=0.0))
+    defaults = {
+        "tiny": TINY, "sasrec": SASREC, "vocab_size": 400, "cache_dir": str(cache_dir),
+        "lora": LoraSettings(r=4, alpha=8, dropout=0.0),
+    }
     defaults.update(kwargs)
     return LlaraRecommender(**defaults)
 

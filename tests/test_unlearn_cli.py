@@ -43,7 +43,7 @@ def adapter_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def train_rows() -> dict[int, dict]:
-    dm = SyntheticDataModule(kind="sequential")
+    dm = SyntheticDataModule(kind="sequential", n_train=1024)  # as configs/synthetic_train.yaml
     dm.setup()
     return dm.row_by_id()
 

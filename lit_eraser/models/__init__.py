@@ -7,7 +7,11 @@ the LLaRA- and TALLRec-style LightningModules, and run-directory save/load (docs
 | ``tallrec`` | ``TallrecRecommender`` | binary  | LoRA               |
 """
 
-from lit_eraser.models.backbone import LLAMA_LINEAR_MODULES, LoraSettings, TinyLlamaSettings
+from lit_eraser.models.backbone import (
+    LLAMA_LINEAR_MODULES,
+    LoraSettings,
+    TinyLlamaSettings,
+)
 from lit_eraser.models.base import RecommenderModule
 from lit_eraser.models.llara import LlaraRecommender, parse_choice
 from lit_eraser.models.persistence import (
@@ -29,8 +33,8 @@ MODELS: dict[str, type[RecommenderModule]] = {
 
 __all__ = [
     "LLAMA_LINEAR_MODULES",
-    "BasePretrainSettings",
     "MODELS",
+    "BasePretrainSettings",
     "CorruptFileError",
     "LlaraRecommender",
     "LoraSettings",

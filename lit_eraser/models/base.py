@@ -41,7 +41,6 @@ from lit_eraser.models.backbone import (
     run_decoder,
     save_tiny_base,
 )
-from lit_eraser.models.pretrain import BasePretrainSettings, cached_pretrained_base
 from lit_eraser.models.persistence import (
     FORMAT,
     FORMAT_VERSION,
@@ -54,6 +53,7 @@ from lit_eraser.models.persistence import (
     verify_checksums,
     write_safetensors,
 )
+from lit_eraser.models.pretrain import BasePretrainSettings, cached_pretrained_base
 from lit_eraser.models.sasrec import default_cache_dir
 from lit_eraser.models.tokenizer import (
     SLOT_TOKENS,
@@ -67,6 +67,12 @@ from lit_eraser.models.tokenizer import (
 Scheduler = Literal["cosine", "linear", "constant"]
 BackboneDtype = Literal["float32", "bfloat16", "float16"]
 _ADDED_EMBEDDINGS = "added_token_embeddings.safetensors"
+
+
+#: Module-level defaults (frozen dataclasses, so sharing them is safe).
+DEFAULT_TINY = TinyLlamaSettings()
+DEFAULT_LORA = LoraSettings()
+DEFAULT_PRETRAIN = BasePretrainSettings()
 
 
 def _coerce(value: Any, klass: type) -> Any:
@@ -117,8 +123,8 @@ class RecommenderModule(L.LightningModule):
     def __init__(
         self,
         backbone: str = "tiny",
-        tiny: TinyLlamaSettings = TinyLlamaSettings(),
-        lora: LoraSettings = LoraSettings(),
+        tiny: TinyLlamaSettings = DEFAULT_TINY,
+        lora: LoraSettings = DEFAULT_LORA,
         lr: float = 2e-3,
         weight_decay: float = 0.0,
         warmup_steps: int = 20,
@@ -129,7 +135,7 @@ class RecommenderModule(L.LightningModule):
         cache_dir: str | None = None,
         backbone_dtype: BackboneDtype = "float32",
         reuse_frozen_from: str | None = None,
-        pretrain: BasePretrainSettings = BasePretrainSettings(),
+        pretrain: BasePretrainSettings = DEFAULT_PRETRAIN,
     ) -> None:
         init_args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()

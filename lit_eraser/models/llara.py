@@ -26,10 +26,17 @@ from lit_eraser.models.prompts import (
     llara_response,
     llara_template_texts,
 )
-from lit_eraser.models.sasrec import SASRec, SasrecSettings, cached_sasrec, load_sasrec, save_sasrec
+from lit_eraser.models.sasrec import (
+    SASRec,
+    SasrecSettings,
+    cached_sasrec,
+    load_sasrec,
+    save_sasrec,
+)
 from lit_eraser.models.tokenizer import CANDIDATE_SLOT, HISTORY_SLOT
 
 Generation = Literal["off", "test", "val_and_test"]
+DEFAULT_SASREC = SasrecSettings()
 ITEM_ENCODER_FILE = "item_encoder.safetensors"
 PROJECTOR_FILE = "projector.safetensors"
 
@@ -69,7 +76,7 @@ class LlaraRecommender(RecommenderModule):
 
     def __init__(
         self,
-        sasrec: SasrecSettings = SasrecSettings(),
+        sasrec: SasrecSettings = DEFAULT_SASREC,
         projector_hidden: int | None = None,
         max_history: int = 10,
         interaction_verb: str | None = None,

@@ -55,7 +55,7 @@ def read_safetensors(path: str | os.PathLike[str], with_metadata: bool = False) 
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             metadata = dict(handle.metadata() or {})
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - safe_open is no dict
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise CorruptFileError(f"{path} is corrupt or truncated (not a readable safetensors file): {error}") from None
     return (tensors, metadata) if with_metadata else tensors

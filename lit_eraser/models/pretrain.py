@@ -37,7 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_eraser.models.backbone import fork_seed, load_tiny_base, run_decoder, save_tiny_base
+from lit_eraser.models.backbone import (
+    fork_seed,
+    load_tiny_base,
+    run_decoder,
+    save_tiny_base,
+)
 
 SampleBatch = Callable[[np.random.Generator, int], Mapping[str, torch.Tensor]]
 

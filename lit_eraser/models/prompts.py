@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from lit_eraser.models.tokenizer import BOS_TOKEN, CANDIDATE_SLOT, EOS_TOKEN, HISTORY_SLOT, PAD_TOKEN
+from lit_eraser.models.tokenizer import (
+    BOS_TOKEN,
+    CANDIDATE_SLOT,
+    EOS_TOKEN,
+    HISTORY_SLOT,
+    PAD_TOKEN,
+)
 
 DEFAULT_INTERACTION_VERB = "interacted with"
 _RESERVED = (HISTORY_SLOT, CANDIDATE_SLOT, BOS_TOKEN, EOS_TOKEN, PAD_TOKEN)

@@ -123,7 +123,7 @@ class SASRec(nn.Module):
 
     def forward(self, sequences: torch.Tensor) -> torch.Tensor:
         """``[B, max_len]`` left-padded item ids -> ``[B, hidden_size]`` state after the last item."""
-        b, length = sequences.shape
+        length = sequences.shape[1]
         real = sequences != self.pad_id
         positions = torch.arange(length, device=sequences.device)
         x = self.item_embedding(sequences) * math.sqrt(self.settings.hidden_size) + self.position_embedding(positions)

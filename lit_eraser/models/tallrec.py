@@ -13,7 +13,12 @@ import torch
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from lit_eraser.models.base import RecommenderModule
-from lit_eraser.models.prompts import clean_title, tallrec_prompt, tallrec_response, tallrec_template_texts
+from lit_eraser.models.prompts import (
+    clean_title,
+    tallrec_prompt,
+    tallrec_response,
+    tallrec_template_texts,
+)
 from lit_eraser.models.tokenizer import TokenizerError
 
 

@@ -41,7 +41,14 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int = 4096, extra_texts: 
         vocab_size: Target BPE vocabulary size (the special tokens come on top).
         extra_texts: Prompt-template text, so template words become whole tokens.
     """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import (
+        AddedToken,
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     if vocab_size < 320:
@@ -127,7 +134,7 @@ def load_tokenizer(directory: str | os.PathLike[str]):
         raise TokenizerError(f"{directory / 'tokenizer.json'} is missing")
     try:
         return PreTrainedTokenizerFast.from_pretrained(str(directory))
-    except Exception as error:  # noqa: BLE001 - a corrupt tokenizer.json surfaces with many exception types
+    except Exception as error:
         raise TokenizerError(f"{directory / 'tokenizer.json'} cannot be read: {error}") from error
 
 
