@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lit_eraser.baselines.ascent import ascend
 from lit_eraser.baselines.training import fit_on_rows, inner_trainer
 from lit_eraser.models.base import RecommenderModule
 from lit_eraser.profiling import PhaseCost
@@ -31,6 +32,7 @@ class BaselineContext:
         requests: The validated requests.
         trainer_kwargs: The experiment's training Trainer arguments.
         warm_epochs: Epochs of continued training for ``warm_retrain``.
+        ascent_steps: Optimiser steps of ``gradient_ascent`` and ``npo``.
     """
 
     original_run: Path
@@ -40,6 +42,7 @@ class BaselineContext:
     requests: Sequence[UnlearningRequest]
     trainer_kwargs: Mapping[str, Any]
     warm_epochs: int = 2
+    ascent_steps: int = 10
 
     def load_original(self) -> RecommenderModule:
         return RecommenderModule.load(self.original_run)
@@ -68,9 +71,28 @@ def warm_retrain(context: BaselineContext) -> tuple[RecommenderModule, PhaseCost
     return module, cost
 
 
+def gradient_ascent(context: BaselineContext) -> tuple[RecommenderModule, PhaseCost]:
+    """Ascent on the request items (descent on their edited twins for QM/RC), from θ̂."""
+    module = context.load_original()
+    cost = ascend(module, context.train_rows, context.requests, "gradient_ascent", steps=context.ascent_steps)
+    return module, cost
+
+
+def npo(context: BaselineContext) -> tuple[RecommenderModule, PhaseCost]:
+    """Negative preference optimisation on the request items (descent on edited twins for QM/RC), from θ̂."""
+    module = context.load_original()
+    cost = ascend(module, context.train_rows, context.requests, "npo", steps=context.ascent_steps)
+    return module, cost
+
+
 BASELINES: dict[str, Callable[[BaselineContext], tuple[RecommenderModule, PhaseCost]]] = {
     "retrain": retrain,
     "warm_retrain": warm_retrain,
+    "gradient_ascent": gradient_ascent,
+    "npo": npo,
 }
 
-__all__ = ["BASELINES", "BaselineContext", "fit_on_rows", "inner_trainer", "retrain", "warm_retrain"]
+__all__ = [
+    "BASELINES", "BaselineContext", "ascend", "fit_on_rows", "gradient_ascent", "inner_trainer", "npo", "retrain",
+    "warm_retrain",
+]

@@ -37,7 +37,7 @@ class UnlearnCLI(LightningCLI):
         parser.add_argument("--unlearn", type=UnlearnSettings, default=UnlearnSettings(), help="LLMEraser settings.")
         parser.add_argument(
             "--baselines", type=list[str], default=[],
-            help="Methods to compare with: retrain, warm_retrain.",
+            help="Methods to compare with: retrain, warm_retrain, gradient_ascent, npo.",
         )
         parser.add_argument("--warm_epochs", type=int, default=2, help="Epochs of warm retraining.")
         parser.add_argument("--cache_dir", type=str, default="runs/cache", help="Cache of trained original adapters.")
