@@ -109,3 +109,38 @@ def test_train_writes_run_directory_and_refuses_to_overwrite(tmp_path: Path) -> 
     assert result.returncode != 0 and "already exists" in result.stderr
     assert before == {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert not [p for p in tmp_path.iterdir() if p.name != "run" and p.name != "logs"]
+
+
+def test_missing_data_root_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        train_main([
+            "--config", str(REPO / "configs/lastfm_train.yaml"), "--data.init_args.data_dir", str(tmp_path / "nowhere"),
+            "--output_dir", str(tmp_path / "run"), "--wandb_mode", "disabled",
+        ])
+    assert exit_info.value.code != 0
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "train_data.df" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_malicious_dataframe_pickle_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    import os
+    import pickle
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    data = tmp_path / "lastfm"
+    data.mkdir()
+    for name in ("train_data.df", "Val_data.df", "Test_data.df"):
+        (data / name).write_bytes(pickle.dumps(Exploit()))
+    (data / "id2name.txt").write_text("0::a\n1::b\n", encoding="utf-8")
+    with pytest.raises(SystemExit) as exit_info:
+        train_main([
+            "--config", str(REPO / "configs/lastfm_train.yaml"), "--data.init_args.data_dir", str(data),
+            "--data.init_args.verify_checksums", "false", "--output_dir", str(tmp_path / "run"), "--wandb_mode", "disabled",
+        ])
+    assert exit_info.value.code != 0
+    assert "system" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
