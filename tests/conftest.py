@@ -67,3 +67,23 @@ def _isolated_caches(tmp_path_factory: pytest.TempPathFactory) -> None:
     mp.setenv("WANDB_DIR", str(root / "wandb"))
     yield
     mp.undo()
+
+
+@pytest.fixture(scope="session")
+def seq() -> tuple[list[dict], int]:
+    """Synthetic sequential training rows (default settings) and the catalogue size."""
+    from lit_eraser.data.synthetic import SyntheticDataModule
+
+    dm = SyntheticDataModule(kind="sequential")
+    dm.setup()
+    return list(dm.train_rows), dm.num_items
+
+
+@pytest.fixture(scope="session")
+def binary() -> list[dict]:
+    """Synthetic binary (Yes/No) training rows (default settings)."""
+    from lit_eraser.data.synthetic import SyntheticDataModule
+
+    dm = SyntheticDataModule(kind="binary")
+    dm.setup()
+    return list(dm.train_rows)

@@ -6,7 +6,6 @@ import copy
 
 import pytest
 
-from lit_eraser.data.synthetic import SyntheticDataModule
 from lit_eraser.unlearning import (
     CORRUPTIONS,
     CorruptionSpec,
@@ -20,20 +19,6 @@ from lit_eraser.unlearning import (
     remove_users,
     validate_requests,
 )
-
-
-@pytest.fixture(scope="module")
-def seq():
-    dm = SyntheticDataModule(kind="sequential")
-    dm.setup()
-    return list(dm.train_rows), dm.num_items
-
-
-@pytest.fixture(scope="module")
-def binary():
-    dm = SyntheticDataModule(kind="binary")
-    dm.setup()
-    return list(dm.train_rows)
 
 
 def with_users(rows, per_user=3):

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from lit_eraser.data.synthetic import SyntheticDataModule
 from lit_eraser.unlearning import (
     RequestError,
     UnlearningRequest,
@@ -21,20 +20,6 @@ from lit_eraser.unlearning import (
     summarize_task,
     validate_requests,
 )
-
-
-@pytest.fixture(scope="module")
-def seq():
-    dm = SyntheticDataModule(kind="sequential")
-    dm.setup()
-    return list(dm.train_rows), dm.num_items
-
-
-@pytest.fixture(scope="module")
-def binary():
-    dm = SyntheticDataModule(kind="binary")
-    dm.setup()
-    return list(dm.train_rows)
 
 
 def by_id(rows):
