@@ -43,15 +43,6 @@ TINY = TinyLlamaSettings(hidden_size=32, num_layers=1, num_heads=2, max_position
 CORPUS = ["Morcheeba", "Café Del Mar", "Fleetwood Mac", "Enigma", "Björk", "東京事変", "Sigur Rós"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tiny models run fastest on one thread; more threads only contend on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 
 # ------------------------------------------------------------------------------------------ tokenizer
 def test_tokenizer_special_tokens_and_byte_fallback():

@@ -16,18 +16,10 @@ from lit_eraser.models import (
     parse_choice,
 )
 from lit_eraser.models.tokenizer import CANDIDATE_SLOT, HISTORY_SLOT
+from model_training import loss_before_and_after
 
 TINY = TinyLlamaSettings(hidden_size=32, num_layers=1, num_heads=2, max_position_embeddings=512)
 SASREC = SasrecSettings(hidden_size=16, num_layers=1, num_heads=1, epochs=2, batch_size=64)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tiny models run fastest on one thread; more threads only contend on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 
@@ -199,18 +191,7 @@ def test_training_steps_reduce_loss(datamodule, tmp_path):
     torch.manual_seed(0)
     model = make_llara(tmp_path, lr=1e-2, warmup_steps=0).build(datamodule)
     rows = rows_of(datamodule.train_rows, 16)
-    batch = model.encode(rows)
-    model.train()
-    optimizer = model.configure_optimizers()["optimizer"]
-    with torch.no_grad():
-        before = model(batch).mean().item()
-    for _ in range(15):
-        loss = model(batch).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    with torch.no_grad():
-        after = model(batch).mean().item()
+    before, after = loss_before_and_after(model, model.encode(rows), steps=15)
     assert after < before - 0.5, (before, after)
 
 

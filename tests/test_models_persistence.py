@@ -27,15 +27,6 @@ TINY = TinyLlamaSettings(hidden_size=32, num_layers=1, num_heads=2, max_position
 SASREC = SasrecSettings(hidden_size=16, num_layers=1, num_heads=1, epochs=1, batch_size=64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tiny models run fastest on one thread; more threads only contend on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 
 def perturb(model):
     with torch.no_grad():

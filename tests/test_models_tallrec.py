@@ -10,17 +10,9 @@ import torch.nn.functional as F
 from lit_eraser.data import SyntheticDataModule
 from lit_eraser.models import LoraSettings, TallrecRecommender, TinyLlamaSettings
 from lit_eraser.models.prompts import TALLREC_INSTRUCTION
+from model_training import loss_before_and_after
 
 TINY = TinyLlamaSettings(hidden_size=32, num_layers=1, num_heads=2, max_position_embeddings=512)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tiny models run fastest on one thread; more threads only contend on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 
@@ -118,18 +110,8 @@ def test_test_auc_and_accuracy_match_manual_computation(model, datamodule):
 
 def test_training_steps_reduce_loss(datamodule, tmp_path):
     model = TallrecRecommender(tiny=TINY, vocab_size=400, cache_dir=str(tmp_path), lr=1e-2, warmup_steps=0).build(datamodule)
-    batch = model.encode([datamodule.train_rows[i] for i in range(8)])
-    model.train()
-    optimizer = model.configure_optimizers()["optimizer"]
-    with torch.no_grad():
-        before = model(batch).mean().item()
-    for _ in range(8):
-        loss = model(batch).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    with torch.no_grad():
-        assert model(batch).mean().item() < before - 0.5
+    before, after = loss_before_and_after(model, model.encode([datamodule.train_rows[i] for i in range(8)]), steps=8)
+    assert after < before - 0.5, (before, after)
 
 
 def test_bad_label_is_refused(model, datamodule):
