@@ -161,3 +161,17 @@ def test_existing_output_dir_is_refused(adapter_run: Path, train_rows: dict, tmp
     assert exit_info.value.code != 0
     assert "already exists" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_sisa_baseline_in_report(adapter_run: Path, train_rows: dict, tmp_path: Path) -> None:
+    requests = tmp_path / "requests.jsonl"
+    write_requests(requests, train_rows)
+    out = tmp_path / "exp"
+    quick = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
+    report = unlearn_main(unlearn_args(adapter_run, requests, out, "--baselines", "[sisa]", "--sisa_shards", "3", *quick))
+    entry = report["methods"]["sisa"]
+    assert entry["shards"] == 3 and 1 <= len(entry["retrained_shards"]) <= 3  # three requests touch ≤ 3 shards
+    assert 0.0 <= entry["metrics"]["test/hr1_rank"] <= 1.0 and entry["seconds"] > 0
+    saved = json.loads((out / "adapters" / "sisa" / "sisa.json").read_text())
+    assert saved["members"] == ["shard_00", "shard_01", "shard_02"]
+    assert all((out / "adapters" / "sisa" / name / "adapter" / "adapter_model.safetensors").is_file() for name in saved["members"])

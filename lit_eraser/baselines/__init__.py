@@ -1,6 +1,7 @@
 """Baselines LLMEraser is compared with, registered by name (METHOD.md, "Baselines").
 
-Each baseline takes a :class:`BaselineContext` and returns the adapted recommender plus its cost. Names are
+Each baseline takes a :class:`BaselineContext` and returns the adapted recommender (SISA: a
+:class:`ShardEnsemble`) plus its cost. Names are
 the report.json method names.
 """
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lit_eraser.baselines.ascent import ascend
+from lit_eraser.baselines.sisa import ShardEnsemble, sisa
 from lit_eraser.baselines.training import fit_on_rows, inner_trainer
 from lit_eraser.models.base import RecommenderModule
 from lit_eraser.profiling import PhaseCost
@@ -33,6 +35,8 @@ class BaselineContext:
         trainer_kwargs: The experiment's training Trainer arguments.
         warm_epochs: Epochs of continued training for ``warm_retrain``.
         ascent_steps: Optimiser steps of ``gradient_ascent`` and ``npo``.
+        sisa_shards: Number of SISA shards (users are split between them).
+        sisa_seed: Seed of SISA's user-to-shard assignment.
     """
 
     original_run: Path
@@ -43,6 +47,8 @@ class BaselineContext:
     trainer_kwargs: Mapping[str, Any]
     warm_epochs: int = 2
     ascent_steps: int = 10
+    sisa_shards: int = 4
+    sisa_seed: int = 0
 
     def load_original(self) -> RecommenderModule:
         return RecommenderModule.load(self.original_run)
@@ -85,14 +91,15 @@ def npo(context: BaselineContext) -> tuple[RecommenderModule, PhaseCost]:
     return module, cost
 
 
-BASELINES: dict[str, Callable[[BaselineContext], tuple[RecommenderModule, PhaseCost]]] = {
+BASELINES: dict[str, Callable[[BaselineContext], tuple[RecommenderModule | ShardEnsemble, PhaseCost]]] = {
     "retrain": retrain,
+    "sisa": sisa,
     "warm_retrain": warm_retrain,
     "gradient_ascent": gradient_ascent,
     "npo": npo,
 }
 
 __all__ = [
-    "BASELINES", "BaselineContext", "ascend", "fit_on_rows", "gradient_ascent", "inner_trainer", "npo", "retrain",
-    "warm_retrain",
+    "BASELINES", "BaselineContext", "ShardEnsemble", "ascend", "fit_on_rows", "gradient_ascent", "inner_trainer", "npo", "retrain",
+    "sisa", "warm_retrain",
 ]

@@ -37,9 +37,10 @@ class UnlearnCLI(LightningCLI):
         parser.add_argument("--unlearn", type=UnlearnSettings, default=UnlearnSettings(), help="LLMEraser settings.")
         parser.add_argument(
             "--baselines", type=list[str], default=[],
-            help="Methods to compare with: retrain, warm_retrain, gradient_ascent, npo.",
+            help="Methods to compare with: retrain, warm_retrain, sisa, gradient_ascent, npo.",
         )
         parser.add_argument("--warm_epochs", type=int, default=2, help="Epochs of warm retraining.")
+        parser.add_argument("--sisa_shards", type=int, default=4, help="Shards (user groups) of the sisa baseline.")
         parser.add_argument("--cache_dir", type=str, default="runs/cache", help="Cache of trained original adapters.")
         parser.add_argument("--eval_split", type=str, default="test", help="Split the methods are evaluated on.")
         parser.add_argument("--wandb_mode", type=LoggerMode, default="offline", help="offline, online, disabled or csv.")
@@ -60,6 +61,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         unlearn=init["unlearn"],
         baselines=tuple(config["baselines"]),
         warm_epochs=config["warm_epochs"],
+        sisa_shards=config["sisa_shards"],
         cache_dir=Path(config["cache_dir"]),
         overwrite=config["overwrite"],
         eval_split=config["eval_split"],

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from callbacks.unlearn import LEDGER, write_ledger
-from lit_eraser.baselines import BASELINES, BaselineContext, fit_on_rows
+from lit_eraser.baselines import BASELINES, BaselineContext, ShardEnsemble, fit_on_rows
 from lit_eraser.influence import cosine
 from lit_eraser.influence._utils import tadd
 from lit_eraser.io import atomic_directory, directory_checksums, write_json
@@ -50,6 +50,7 @@ class ExperimentPlan:
     unlearn: UnlearnSettings = field(default_factory=UnlearnSettings)
     baselines: tuple[str, ...] = ()
     warm_epochs: int = 2
+    sisa_shards: int = 4
     cache_dir: Path = Path("runs/cache")
     overwrite: bool = False
     eval_split: str = "test"
@@ -58,6 +59,8 @@ class ExperimentPlan:
         unknown = [name for name in self.baselines if name not in BASELINES]
         if unknown:
             raise ValueError(f"unknown baseline(s) {unknown}; known: {', '.join(sorted(BASELINES))}")
+        if "sisa" in self.baselines and self.sisa_shards < 1:
+            raise ValueError(f"sisa_shards must be >= 1, got {self.sisa_shards}")
         if (self.requests is None) == (self.corruption is None):
             raise ValueError("give exactly one of --requests (a JSONL file) or --corruption (a seeded experiment)")
         if self.output_dir.exists() and not self.overwrite:
@@ -202,11 +205,15 @@ class UnlearningExperiment:
                 requests=requests,
                 trainer_kwargs=self.trainer_kwargs,
                 warm_epochs=self.plan.warm_epochs,
+                sisa_shards=self.plan.sisa_shards,
             )
             for name in self.plan.baselines:
                 baseline, cost = BASELINES[name](context)
-                methods[name] = {"metrics": evaluate(baseline, dm, split), **cost.as_dict()}
-                states[name] = baseline.adapter_state()
+                if isinstance(baseline, ShardEnsemble):  # no single θ: no fidelity entry, its own evaluation
+                    methods[name] = {"metrics": baseline.evaluate(dm, split), **cost.as_dict(), **baseline.info}
+                else:
+                    methods[name] = {"metrics": evaluate(baseline, dm, split), **cost.as_dict()}
+                    states[name] = baseline.adapter_state()
                 baseline.save_run(out / "adapters" / name)
 
             fidelity = self.fidelity(module, states, requests, train_rows)
