@@ -10,12 +10,17 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-#: Exceptions that mean "your input is wrong" (files, requests, configs), not "lit-eraser has a bug".
 def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "your input is wrong" (files, requests, configs), not "lit-eraser has a bug".
+
+    Validation raises ``ValueError`` (or a subclass: RequestError, RunDirectoryError, TokenizerError, ...), file
+    problems ``FileNotFoundError``/``FileExistsError`` or the data errors below. A bare ``KeyError``,
+    ``TypeError`` or ``RuntimeError`` is a bug and keeps its traceback.
+    """
     from lit_eraser.data.download import DownloadError
     from lit_eraser.data.safe_pickle import PickleFileError
 
-    return (ValueError, KeyError, FileNotFoundError, FileExistsError, PickleFileError, DownloadError)
+    return (ValueError, FileNotFoundError, FileExistsError, PickleFileError, DownloadError)
 
 
 def exit_on_user_error(main: Callable[..., T]) -> Callable[..., T]:
@@ -28,8 +33,7 @@ def exit_on_user_error(main: Callable[..., T]) -> Callable[..., T]:
         except _user_errors() as error:
             if os.environ.get("LIT_ERASER_DEBUG"):
                 raise
-            message = error.args[0] if isinstance(error, KeyError) and error.args else error
-            print(f"error: {type(error).__name__}: {message}", file=sys.stderr)
+            print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
             raise SystemExit(2) from None
 
     return wrapper

@@ -916,10 +916,17 @@ SOLVERS: dict[str, type[Solver]] = {
 }
 
 
+class UnknownSolverError(ValueError, KeyError):
+    """A solver name that is not in :data:`SOLVERS` (a ``KeyError`` for lookups, a ``ValueError`` for the CLI)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 def get_solver(name: str, settings: SolverSettings | Mapping[str, Any] | None = None, **overrides: Any) -> Solver:
     """The solver registered as ``name``, with validated settings (a settings object, a dict, or keywords)."""
     if name not in SOLVERS:
-        raise KeyError(f"unknown solver {name!r}; known solvers: {', '.join(sorted(SOLVERS))}")
+        raise UnknownSolverError(f"unknown solver {name!r}; known solvers: {', '.join(sorted(SOLVERS))}")
     return SOLVERS[name](settings, **overrides)
 
 
