@@ -139,3 +139,22 @@ def test_sequential_ensemble_of_one_adapter_ranks_like_the_adapter(tmp_path) -> 
     fit_on_rows(module, dm, None, {"max_epochs": 1, "accelerator": "cpu", "enable_progress_bar": False, "num_sanity_val_steps": 0})
     expected = evaluate(module, dm, "test")["test/hr1_rank"]
     assert ShardEnsemble([module, module]).evaluate(dm, "test", batch_size=7) == {"test/hr1_rank": pytest.approx(expected)}
+
+
+def test_warm_retrain_is_seeded_so_paired_runs_agree(trained, tmp_path) -> None:
+    """Two warm runs on the same rows give the same adapter: the paired fidelity reference cancels drift."""
+    module, rows = trained
+    run = tmp_path / "original"
+    module.save_run(run)
+    dm = SyntheticDataModule(kind="binary", n_train=32, n_val=8, n_test=16, history_len=3, num_items=48, n_genres=4)
+    dm.setup()
+    context = BaselineContext(
+        original_run=run, datamodule=dm, train_rows=rows, clean_rows=rows, requests=[],
+        trainer_kwargs={"max_epochs": 1, "accelerator": "cpu", "enable_progress_bar": False, "num_sanity_val_steps": 0},
+        warm_epochs=1, seed=3,
+    )
+    first = BASELINES["warm_retrain"](context)[0].adapter_state()
+    torch.manual_seed(12345)  # whatever happened in between
+    second = BASELINES["warm_retrain"](context)[0].adapter_state()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert any(not torch.equal(first[k], module.adapter_state()[k]) for k in first)

@@ -163,12 +163,19 @@ def test_existing_output_dir_is_refused(adapter_run: Path, train_rows: dict, tmp
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
-def test_sisa_baseline_in_report(adapter_run: Path, train_rows: dict, tmp_path: Path) -> None:
+def test_sisa_and_warm_retrain_in_report(adapter_run: Path, train_rows: dict, tmp_path: Path) -> None:
     requests = tmp_path / "requests.jsonl"
     write_requests(requests, train_rows)
     out = tmp_path / "exp"
     quick = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
-    report = unlearn_main(unlearn_args(adapter_run, requests, out, "--baselines", "[sisa]", "--sisa_shards", "3", *quick))
+    report = unlearn_main(
+        unlearn_args(adapter_run, requests, out, "--baselines", "[sisa, warm_retrain]", "--sisa_shards", "3", "--warm_epochs", "1", *quick)
+    )
+    fidelity = report["fidelity"]
+    for key in ("pearson_vs_warm_retrain", "pearson_vs_warm_retrain_paired", "cosine_delta_vs_warm_retrain_paired"):
+        assert -1.0 <= fidelity[key] <= 1.0
+    assert fidelity["warm_control_seconds"] > 0
+    assert "sisa" not in {k.split("_vs_")[-1] for k in fidelity}  # an ensemble has no single θ to compare
     entry = report["methods"]["sisa"]
     assert entry["shards"] == 3 and 1 <= len(entry["retrained_shards"]) <= 3  # three requests touch ≤ 3 shards
     assert 0.0 <= entry["metrics"]["test/hr1_rank"] <= 1.0 and entry["seconds"] > 0

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lightning.fabric.utilities.seed import seed_everything
+
 from lit_eraser.baselines.ascent import ascend
 from lit_eraser.baselines.sisa import ShardEnsemble, sisa
 from lit_eraser.baselines.training import fit_on_rows, inner_trainer
@@ -37,6 +39,8 @@ class BaselineContext:
         ascent_steps: Optimiser steps of ``gradient_ascent`` and ``npo``.
         sisa_shards: Number of SISA shards (users are split between them).
         sisa_seed: Seed of SISA's user-to-shard assignment.
+        seed: Global seed set before ``warm_retrain`` fits, so two warm runs on different rows see the same
+            shuffling and dropout draws wherever their rows agree (the paired fidelity reference).
     """
 
     original_run: Path
@@ -49,6 +53,7 @@ class BaselineContext:
     ascent_steps: int = 10
     sisa_shards: int = 4
     sisa_seed: int = 0
+    seed: int = 0
 
     def load_original(self) -> RecommenderModule:
         return RecommenderModule.load(self.original_run)
@@ -70,6 +75,7 @@ def retrain(context: BaselineContext) -> tuple[RecommenderModule, PhaseCost]:
 def warm_retrain(context: BaselineContext) -> tuple[RecommenderModule, PhaseCost]:
     """Continue training θ̂ on the edited data: the solution the Newton step approximates."""
     module = context.load_original()
+    seed_everything(context.seed, verbose=False)
     cost = fit_on_rows(
         module, context.datamodule, context.clean_rows, context.trainer_kwargs, max_epochs=context.warm_epochs,
         max_steps=-1,

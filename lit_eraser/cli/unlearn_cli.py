@@ -40,6 +40,10 @@ class UnlearnCLI(LightningCLI):
             help="Methods to compare with: retrain, warm_retrain, sisa, gradient_ascent, npo.",
         )
         parser.add_argument("--warm_epochs", type=int, default=2, help="Epochs of warm retraining.")
+        parser.add_argument(
+            "--paired_fidelity", type=bool, default=True,
+            help="With warm_retrain: also warm-train θ̂ on its own rows (same seed) and report *_paired fidelity.",
+        )
         parser.add_argument("--sisa_shards", type=int, default=4, help="Shards (user groups) of the sisa baseline.")
         parser.add_argument("--cache_dir", type=str, default="runs/cache", help="Cache of trained original adapters.")
         parser.add_argument("--eval_split", type=str, default="test", help="Split the methods are evaluated on.")
@@ -62,6 +66,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         baselines=tuple(config["baselines"]),
         warm_epochs=config["warm_epochs"],
         sisa_shards=config["sisa_shards"],
+        paired_fidelity=config["paired_fidelity"],
         cache_dir=Path(config["cache_dir"]),
         overwrite=config["overwrite"],
         eval_split=config["eval_split"],

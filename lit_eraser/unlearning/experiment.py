@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ class ExperimentPlan:
     baselines: tuple[str, ...] = ()
     warm_epochs: int = 2
     sisa_shards: int = 4
+    paired_fidelity: bool = True
     cache_dir: Path = Path("runs/cache")
     overwrite: bool = False
     eval_split: str = "test"
@@ -206,6 +207,7 @@ class UnlearningExperiment:
                 trainer_kwargs=self.trainer_kwargs,
                 warm_epochs=self.plan.warm_epochs,
                 sisa_shards=self.plan.sisa_shards,
+                seed=int(getattr(self.model, "seed", 0)),
             )
             for name in self.plan.baselines:
                 baseline, cost = BASELINES[name](context)
@@ -216,7 +218,14 @@ class UnlearningExperiment:
                     states[name] = baseline.adapter_state()
                 baseline.save_run(out / "adapters" / name)
 
-            fidelity = self.fidelity(module, states, requests, train_rows)
+            control = None
+            if self.plan.paired_fidelity and "warm_retrain" in states:
+                # θ̂ continued on the rows it was fitted on, same seed: what warm retraining does besides the edits
+                twin, control_cost = BASELINES["warm_retrain"](replace(context, clean_rows=train_rows))
+                control = twin.adapter_state()
+            fidelity = self.fidelity(module, states, requests, train_rows, control)
+            if control is not None:
+                fidelity["warm_control_seconds"] = control_cost.seconds
             report = {
                 "dataset": getattr(dm, "name", type(dm).__name__),
                 "task": summarize_task(requests),
@@ -242,15 +251,23 @@ class UnlearningExperiment:
         states: Mapping[str, Mapping[str, torch.Tensor]],
         requests: Sequence[UnlearningRequest],
         train_rows: Sequence[Row],
+        warm_control: Mapping[str, torch.Tensor] | None = None,
     ) -> dict[str, float]:
         """How well θ̂ + Δ predicts each reference's per-request loss changes (Pearson, Spearman) and Δ's
-        direction (cosine with θ_ref − θ̂), for every retraining reference that was run."""
+        direction (cosine with θ_ref − θ̂), for every retraining reference that was run.
+
+        With ``warm_control`` (θ̂ warm-trained on its own rows with the warm run's seed) the ``_paired`` entries
+        compare against warm(clean) − warm(original rows): the edits' effect without the drift that any
+        further training of a not-quite-converged θ̂ adds."""
         pairs = build_pairs(requests, {int(r["id"]): r for r in train_rows})
         probes = probe_rows(pairs)
         losses: dict[str, np.ndarray] = {}
         for name, state in states.items():
             module.load_adapter_state(state)
             losses[name] = per_item_losses(module, probes)
+        if warm_control is not None:
+            module.load_adapter_state(warm_control)
+            losses["warm_control"] = per_item_losses(module, probes)
         module.load_adapter_state(states["llmeraser"])
         predicted = losses["llmeraser"] - losses["original"]
         delta = tadd(states["llmeraser"], states["original"], -1.0)
@@ -263,6 +280,12 @@ class UnlearningExperiment:
             out[f"spearman_vs_{reference}"] = spearman(predicted, actual)
             out[f"mean_loss_change_{reference}"] = float(actual.mean())
             out[f"cosine_delta_vs_{reference}"] = cosine(delta, tadd(states[reference], states["original"], -1.0))
+        if warm_control is not None and "warm_retrain" in states:
+            actual = losses["warm_retrain"] - losses["warm_control"]
+            out["pearson_vs_warm_retrain_paired"] = pearson(predicted, actual)
+            out["spearman_vs_warm_retrain_paired"] = spearman(predicted, actual)
+            out["mean_loss_change_warm_retrain_paired"] = float(actual.mean())
+            out["cosine_delta_vs_warm_retrain_paired"] = cosine(delta, tadd(states["warm_retrain"], warm_control, -1.0))
         return {k: (v if math.isfinite(v) else float("nan")) for k, v in out.items()}
 
     def log(self, report: Mapping[str, Any]) -> None:
