@@ -1,0 +1,70 @@
+"""Run one unlearning experiment and print the issue's acceptance figures: fidelity of the predicted per-request
+loss changes, HR@1 (or AUC) of the corrupted / unlearned / clean-trained adapters, and the cost ratios.
+
+    python benchmarks/unlearning_acceptance.py --config configs/lastfm_qm.yaml --output_dir runs/lastfm_qm_bench
+    python benchmarks/unlearning_acceptance.py --report runs/lastfm_qm_bench/report.json   # re-print a report
+
+Every other argument goes to ``unlearn.py``. ``warm_retrain`` and ``retrain`` are added to the baselines (the
+fidelity reference and the clean-trained adapter).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+PEARSON_BAR = 0.9
+SECONDS_BAR = 0.10
+MEMORY_BAR = 1.5
+
+
+def _headline(metrics: dict[str, float]) -> tuple[str, float]:
+    for key in ("test/hr1_rank", "test/auc", "val/hr1_rank", "val/auc"):
+        if key in metrics:
+            return key, metrics[key]
+    return "?", float("nan")
+
+
+def verdict(report: dict[str, Any]) -> list[str]:
+    """Lines of the acceptance table (figures, bars, pass/fail)."""
+    methods, fidelity, cost = report["methods"], report["fidelity"], report["cost"]
+    lines = [f"{report['dataset']} {report['task']}: n_train={report['n_train']} n_requests={report['n_requests']}"]
+    for name in ("original", "llmeraser", "retrain", "warm_retrain", "sisa", "gradient_ascent", "npo"):
+        if name in methods:
+            key, value = _headline(methods[name]["metrics"])
+            lines.append(f"  {name:>15}: {key} = {value:.4f}   ({methods[name].get('seconds', float('nan')):.1f} s)")
+    if {"original", "llmeraser", "retrain"} <= set(methods):
+        key, corrupted = _headline(methods["original"]["metrics"])
+        unlearned, clean = methods["llmeraser"]["metrics"][key], methods["retrain"]["metrics"][key]
+        gap = clean - corrupted
+        moved = (unlearned - corrupted) / gap if gap else float("nan")
+        lines.append(f"  effect: unlearned covers {moved:.2f} of the corrupted→clean gap in {key} ({gap:+.4f})")
+    for key in ("pearson_vs_warm_retrain", "pearson_vs_warm_retrain_paired", "spearman_vs_warm_retrain_paired",
+                "cosine_delta_vs_warm_retrain", "pearson_vs_retrain"):
+        if key in fidelity:
+            bar = f"  (bar ≥ {PEARSON_BAR}: {'met' if fidelity[key] >= PEARSON_BAR else 'NOT met'})" if key.startswith("pearson_vs_warm") else ""
+            lines.append(f"  fidelity {key} = {fidelity[key]:.4f}{bar}")
+    seconds, memory = cost["unlearn_over_train_seconds"], cost["unlearn_over_train_peak_memory"]
+    lines.append(f"  cost: unlearn/train seconds = {seconds:.4f} (bar ≤ {SECONDS_BAR}: {'met' if seconds <= SECONDS_BAR else 'NOT met'})")
+    lines.append(f"  cost: unlearn/train peak memory = {memory:.4f} (bar ≤ {MEMORY_BAR}: {'met' if memory <= MEMORY_BAR else 'NOT met'})")
+    solver = report["solver"]
+    lines.append(f"  solver {solver['name']}: relative residual {solver['relative_residual']:.4g}, {solver['hvp_calls']} HVP calls, damping {solver['damping']}")
+    return lines
+
+
+def main(argv: list[str]) -> None:
+    if argv[:1] == ["--report"]:
+        report = json.loads(Path(argv[1]).read_text())
+    else:
+        from lit_eraser.cli.unlearn_cli import main as unlearn_main
+
+        if "--baselines" not in argv:
+            argv = [*argv, "--baselines", "[warm_retrain, retrain]"]
+        report = unlearn_main(argv)
+    print("\n".join(verdict(report)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
