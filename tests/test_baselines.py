@@ -57,6 +57,26 @@ def test_ascent_with_edits_fits_the_edited_twins(trained) -> None:
     assert np.mean(after) < np.mean(before)
 
 
+QUICK_FIT = {"max_epochs": 1, "accelerator": "cpu", "enable_progress_bar": False, "num_sanity_val_steps": 0}
+
+
+def binary_datamodule() -> SyntheticDataModule:
+    dm = SyntheticDataModule(kind="binary", n_train=32, n_val=8, n_test=16, history_len=3, num_items=48, n_genres=4)
+    dm.setup()
+    return dm
+
+
+def context_for(trained, tmp_path, clean_rows, requests, **kwargs) -> BaselineContext:
+    """A baseline context around the trained fixture saved as θ̂ (one-epoch fits)."""
+    module, rows = trained
+    run = tmp_path / "original"
+    module.save_run(run)
+    return BaselineContext(
+        original_run=run, datamodule=binary_datamodule(), train_rows=rows, clean_rows=clean_rows, requests=requests,
+        trainer_kwargs=QUICK_FIT, **kwargs,
+    )
+
+
 # ------------------------------------------------------------------------------------------------ SISA
 def test_sisa_shards_partition_users_deterministically(trained) -> None:
     _, rows = trained
@@ -86,8 +106,7 @@ def test_ensemble_of_one_adapter_scores_like_the_adapter(trained) -> None:
     from lit_eraser.unlearning.evaluate import evaluate
 
     module, _ = trained
-    dm = SyntheticDataModule(kind="binary", n_train=32, n_val=8, n_test=16, history_len=3, num_items=48, n_genres=4)
-    dm.setup()
+    dm = binary_datamodule()
     ensemble = ShardEnsemble([module, module])
     expected = evaluate(module, dm, "test")
     got = ensemble.evaluate(dm, "test", batch_size=5)
@@ -96,19 +115,12 @@ def test_ensemble_of_one_adapter_scores_like_the_adapter(trained) -> None:
 
 
 def test_sisa_retrains_only_touched_shards_and_round_trips(trained, tmp_path) -> None:
-    module, rows = trained
-    run = tmp_path / "original"
-    module.save_run(run)
-    dm = SyntheticDataModule(kind="binary", n_train=32, n_val=8, n_test=16, history_len=3, num_items=48, n_genres=4)
-    dm.setup()
+    _, rows = trained
     removed = int(rows[0]["user"])
     requests = [UnlearningRequest(task="IR", id=int(r["id"])) for r in rows if int(r["user"]) == removed]
     clean = [r for r in rows if int(r["user"]) != removed]
-    context = BaselineContext(
-        original_run=run, datamodule=dm, train_rows=rows, clean_rows=clean, requests=requests,
-        trainer_kwargs={"max_epochs": 1, "accelerator": "cpu", "enable_progress_bar": False, "num_sanity_val_steps": 0},
-        sisa_shards=2,
-    )
+    context = context_for(trained, tmp_path, clean, requests, sisa_shards=2)
+    dm = context.datamodule
     ensemble, cost = BASELINES["sisa"](context)
     assert ensemble.info["retrained_shards"] == [shard_of_users(rows, 2, 0)[removed]]
     assert cost.seconds > 0 and ensemble.info["untouched_shard_seconds"] > 0
@@ -136,7 +148,7 @@ def test_sequential_ensemble_of_one_adapter_ranks_like_the_adapter(tmp_path) -> 
         sasrec=SasrecSettings(hidden_size=16, num_layers=1, num_heads=1, epochs=1, batch_size=64),
         lora={"r": 2, "alpha": 4, "dropout": 0.0}, vocab_size=400, cache_dir=str(tmp_path), generation="off",
     )
-    fit_on_rows(module, dm, None, {"max_epochs": 1, "accelerator": "cpu", "enable_progress_bar": False, "num_sanity_val_steps": 0})
+    fit_on_rows(module, dm, None, QUICK_FIT)
     expected = evaluate(module, dm, "test")["test/hr1_rank"]
     assert ShardEnsemble([module, module]).evaluate(dm, "test", batch_size=7) == {"test/hr1_rank": pytest.approx(expected)}
 
@@ -144,15 +156,7 @@ def test_sequential_ensemble_of_one_adapter_ranks_like_the_adapter(tmp_path) -> 
 def test_warm_retrain_is_seeded_so_paired_runs_agree(trained, tmp_path) -> None:
     """Two warm runs on the same rows give the same adapter: the paired fidelity reference cancels drift."""
     module, rows = trained
-    run = tmp_path / "original"
-    module.save_run(run)
-    dm = SyntheticDataModule(kind="binary", n_train=32, n_val=8, n_test=16, history_len=3, num_items=48, n_genres=4)
-    dm.setup()
-    context = BaselineContext(
-        original_run=run, datamodule=dm, train_rows=rows, clean_rows=rows, requests=[],
-        trainer_kwargs={"max_epochs": 1, "accelerator": "cpu", "enable_progress_bar": False, "num_sanity_val_steps": 0},
-        warm_epochs=1, seed=3,
-    )
+    context = context_for(trained, tmp_path, rows, [], warm_epochs=1, seed=3)
     first = BASELINES["warm_retrain"](context)[0].adapter_state()
     torch.manual_seed(12345)  # whatever happened in between
     second = BASELINES["warm_retrain"](context)[0].adapter_state()
