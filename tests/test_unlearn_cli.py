@@ -169,7 +169,7 @@ def test_sisa_and_warm_retrain_in_report(adapter_run: Path, train_rows: dict, tm
     out = tmp_path / "exp"
     quick = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
     report = unlearn_main(
-        unlearn_args(adapter_run, requests, out, "--baselines", "[sisa, warm_retrain]", "--sisa_shards", "3", "--warm_epochs", "1", *quick)
+        unlearn_args(adapter_run, requests, out, "--baselines", "[sisa, warm_retrain]", "--sisa_shards", "3", "--warm_epochs", "1", "--warm_lr", "0.001", *quick)
     )
     fidelity = report["fidelity"]
     for key in ("pearson_vs_warm_retrain", "pearson_vs_warm_retrain_paired", "cosine_delta_vs_warm_retrain_paired"):

@@ -36,6 +36,8 @@ class BaselineContext:
         requests: The validated requests.
         trainer_kwargs: The experiment's training Trainer arguments.
         warm_epochs: Epochs of continued training for ``warm_retrain``.
+        warm_lr: Peak learning rate of ``warm_retrain`` (``None``: θ̂'s own). A smaller one keeps continued
+            training near θ̂'s minimum instead of re-running θ̂'s warm-up to full learning rate.
         ascent_steps: Optimiser steps of ``gradient_ascent`` and ``npo``.
         sisa_shards: Number of SISA shards (users are split between them).
         sisa_seed: Seed of SISA's user-to-shard assignment.
@@ -50,6 +52,7 @@ class BaselineContext:
     requests: Sequence[UnlearningRequest]
     trainer_kwargs: Mapping[str, Any]
     warm_epochs: int = 2
+    warm_lr: float | None = None
     ascent_steps: int = 10
     sisa_shards: int = 4
     sisa_seed: int = 0
@@ -75,6 +78,8 @@ def retrain(context: BaselineContext) -> tuple[RecommenderModule, PhaseCost]:
 def warm_retrain(context: BaselineContext) -> tuple[RecommenderModule, PhaseCost]:
     """Continue training θ̂ on the edited data: the solution the Newton step approximates."""
     module = context.load_original()
+    if context.warm_lr is not None:
+        module.lr = float(context.warm_lr)
     seed_everything(context.seed, verbose=False)
     cost = fit_on_rows(
         module, context.datamodule, context.clean_rows, context.trainer_kwargs, max_epochs=context.warm_epochs,

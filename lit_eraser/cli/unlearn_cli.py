@@ -41,6 +41,9 @@ class UnlearnCLI(LightningCLI):
         )
         parser.add_argument("--warm_epochs", type=int, default=2, help="Epochs of warm retraining.")
         parser.add_argument(
+            "--warm_lr", type=float | None, default=None, help="Peak learning rate of warm retraining (default: the model's)."
+        )
+        parser.add_argument(
             "--paired_fidelity", type=bool, default=True,
             help="With warm_retrain: also warm-train θ̂ on its own rows (same seed) and report *_paired fidelity.",
         )
@@ -65,6 +68,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         unlearn=init["unlearn"],
         baselines=tuple(config["baselines"]),
         warm_epochs=config["warm_epochs"],
+        warm_lr=config["warm_lr"],
         sisa_shards=config["sisa_shards"],
         paired_fidelity=config["paired_fidelity"],
         cache_dir=Path(config["cache_dir"]),

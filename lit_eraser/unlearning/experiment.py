@@ -51,6 +51,7 @@ class ExperimentPlan:
     unlearn: UnlearnSettings = field(default_factory=UnlearnSettings)
     baselines: tuple[str, ...] = ()
     warm_epochs: int = 2
+    warm_lr: float | None = None
     sisa_shards: int = 4
     paired_fidelity: bool = True
     cache_dir: Path = Path("runs/cache")
@@ -212,6 +213,7 @@ class UnlearningExperiment:
                 requests=requests,
                 trainer_kwargs=self.trainer_kwargs,
                 warm_epochs=self.plan.warm_epochs,
+                warm_lr=self.plan.warm_lr,
                 sisa_shards=self.plan.sisa_shards,
                 seed=int(getattr(self.model, "seed", 0)),
             )
