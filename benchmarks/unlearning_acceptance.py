@@ -3,8 +3,11 @@ loss changes, HR@1 (or AUC) of the corrupted / unlearned / clean-trained adapter
 
     python benchmarks/unlearning_acceptance.py --config configs/lastfm_qm.yaml --output_dir runs/lastfm_qm_bench
     python benchmarks/unlearning_acceptance.py --report runs/lastfm_qm_bench/report.json   # re-print a report
+    python benchmarks/unlearning_acceptance.py --rescore runs/lastfm_qm_bench --config configs/lastfm_qm.yaml \
+        --unlearn.damping 1.0                      # LLMEraser again with other settings, same references
 
-Every other argument goes to ``unlearn.py``. ``warm_retrain`` and ``retrain`` are added to the baselines (the
+Every other argument goes to ``unlearn.py``. ``--rescore`` reruns only LLMEraser against the adapters an earlier
+run saved (original, warm_retrain, its paired control, retrain) and prints the same table. ``warm_retrain`` and ``retrain`` are added to the baselines (the
 fidelity reference and the clean-trained adapter).
 """
 
@@ -54,9 +57,26 @@ def verdict(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def rescore(experiment_dir: Path, argv: list[str]) -> dict[str, Any]:
+    """The earlier report with its ``llmeraser`` entry, solver, fidelity and cost replaced by a fresh solve."""
+    import tempfile
+
+    from lit_eraser.cli.unlearn_cli import build_experiment
+
+    scratch = Path(tempfile.mkdtemp()) / "unused"  # rescoring writes nothing; the plan just needs a free name
+    experiment = build_experiment([*argv, "--output_dir", str(scratch), "--wandb_mode", "disabled"])
+    report = json.loads((experiment_dir / "report.json").read_text())
+    fresh = experiment.rescore(experiment_dir)
+    report["methods"]["llmeraser"] = fresh.pop("llmeraser")
+    report.update(fresh)
+    return report
+
+
 def main(argv: list[str]) -> None:
     if argv[:1] == ["--report"]:
         report = json.loads(Path(argv[1]).read_text())
+    elif argv[:1] == ["--rescore"]:
+        report = rescore(Path(argv[1]), argv[2:])
     else:
         from lit_eraser.cli.unlearn_cli import main as unlearn_main
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lit_eraser.cli.train_cli import main as train_main
-from lit_eraser.cli.unlearn_cli import main as unlearn_main
+from lit_eraser.cli.unlearn_cli import build_experiment, main as unlearn_main
 from lit_eraser.data.synthetic import SyntheticDataModule
 from lit_eraser.io import directory_checksums, sha256_file
 from lit_eraser.models.base import RecommenderModule
@@ -176,6 +176,14 @@ def test_sisa_and_warm_retrain_in_report(adapter_run: Path, train_rows: dict, tm
         assert -1.0 <= fidelity[key] <= 1.0
     assert fidelity["warm_control_seconds"] > 0
     assert "sisa" not in {k.split("_vs_")[-1] for k in fidelity}  # an ensemble has no single θ to compare
+
+    # Rescoring with the run's own settings against its saved references reproduces its LLMEraser figures.
+    args = unlearn_args(adapter_run, requests, tmp_path / "unused", "--warm_epochs", "1", *quick)
+    again = build_experiment(args).rescore(out)
+    assert again["llmeraser"]["metrics"] == pytest.approx(report["methods"]["llmeraser"]["metrics"], abs=1e-6)
+    for key in ("pearson_vs_warm_retrain", "pearson_vs_warm_retrain_paired"):
+        assert again["fidelity"][key] == pytest.approx(fidelity[key], abs=1e-6)
+    assert not (tmp_path / "unused").exists()
     entry = report["methods"]["sisa"]
     assert entry["shards"] == 3 and 1 <= len(entry["retrained_shards"]) <= 3  # three requests touch ≤ 3 shards
     assert 0.0 <= entry["metrics"]["test/hr1_rank"] <= 1.0 and entry["seconds"] > 0

@@ -54,9 +54,8 @@ class UnlearnCLI(LightningCLI):
         parser.add_argument("--wandb_project", type=str, default="lit-eraser", help="W&B project name.")
 
 
-@exit_on_user_error
-def main(args: list[str] | None = None) -> dict[str, Any]:
-    """Parse the command line (``args`` or ``sys.argv``), validate everything, and run the experiment."""
+def build_experiment(args: list[str] | None = None) -> UnlearningExperiment:
+    """Parse the command line (``args`` or ``sys.argv``) and validate everything into an experiment."""
     torch.set_float32_matmul_precision("high")
     cli = make_cli(UnlearnCLI, args, "Unlearn IR / QM / RC requests from a LoRA adapter with LLMEraser.")
     config, init = cli.config, cli.config_init
@@ -78,7 +77,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     output_dir = plan.output_dir
     logger = build_logger(config["wandb_mode"], output_dir.parent / "logs", config["wandb_project"], output_dir.name)
     trainer_kwargs = {k: v for k, v in init["trainer"].items() if k not in ("logger", "callbacks")}
-    experiment = UnlearningExperiment(
+    return UnlearningExperiment(
         plan,
         cli.model,
         cli.datamodule,
@@ -87,6 +86,13 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         data_config=_as_plain(config["data"]),
         logger=logger,
     )
+
+
+@exit_on_user_error
+def main(args: list[str] | None = None) -> dict[str, Any]:
+    """Parse the command line (``args`` or ``sys.argv``), validate everything, and run the experiment."""
+    experiment = build_experiment(args)
+    output_dir = experiment.plan.output_dir
     report = experiment.run()
     methods = report["methods"]
     print(f"wrote {output_dir}/report.json")

@@ -38,6 +38,8 @@ from lit_eraser.unlearning.requests import (
 )
 
 Row = Mapping[str, Any]
+#: Adapter directory of the paired fidelity reference (θ̂ warm-trained on its own rows); not a method.
+WARM_CONTROL = "warm_retrain_control"
 
 
 @dataclass
@@ -231,6 +233,7 @@ class UnlearningExperiment:
                 # θ̂ continued on the rows it was fitted on, same seed: what warm retraining does besides the edits
                 twin, control_cost = BASELINES["warm_retrain"](replace(context, clean_rows=train_rows))
                 control = twin.adapter_state()
+                twin.save_run(out / "adapters" / WARM_CONTROL)
             fidelity = self.fidelity(module, states, requests, train_rows, control)
             if control is not None:
                 fidelity["warm_control_seconds"] = control_cost.seconds
@@ -252,6 +255,37 @@ class UnlearningExperiment:
             write_json(out / "report.json", report)
         self.log(report)
         return report
+
+    def rescore(self, experiment_dir: Path) -> dict[str, Any]:
+        """LLMEraser again, with this plan's ``unlearn`` settings, against the references an earlier run of the
+        same experiment saved in ``experiment_dir`` (no retraining): for choosing solver settings.
+
+        Returns ``{"llmeraser": {...metrics, seconds...}, "solver": ..., "fidelity": ..., "cost": ...}``;
+        writes nothing.
+        """
+        train_rows, requests, _ = self.prepare_requests()
+        report = json.loads((experiment_dir / "report.json").read_text())
+        adapters = experiment_dir / "adapters"
+        module = RecommenderModule.load(adapters / "original")
+        states = {"original": module.adapter_state()}
+        for name in ("warm_retrain", "retrain"):
+            if (adapters / name).is_dir():
+                states[name] = RecommenderModule.load(adapters / name).adapter_state()
+        control = RecommenderModule.load(adapters / WARM_CONTROL).adapter_state() if (adapters / WARM_CONTROL).is_dir() else None
+        update = compute_update(module, train_rows, requests, self.plan.unlearn)
+        apply_delta(module, update.delta)
+        entry = {"metrics": evaluate(module, self.datamodule, self.plan.eval_split), **update.cost.as_dict()}
+        states["llmeraser"] = module.adapter_state()
+        original = report["methods"]["original"]
+        return {
+            "llmeraser": entry,
+            "solver": update.solver_block(),
+            "fidelity": self.fidelity(module, states, requests, train_rows, control),
+            "cost": {
+                "unlearn_over_train_seconds": entry["seconds"] / original["seconds"],
+                "unlearn_over_train_peak_memory": entry["peak_memory_mib"] / original["peak_memory_mib"],
+            },
+        }
 
     def fidelity(
         self,
