@@ -99,6 +99,7 @@ class LastFMDataModule(FileDataModule):
     name = "lastfm"
     kind = "sequential"
     source = LASTFM
+    interaction_verb = "listened to"  # LLaRA's LastFM prompt wording
 
     def __init__(self, min_len_seq: int = 3, n_candidates: int = 20, **kwargs: Any) -> None:
         super().__init__(**kwargs)
