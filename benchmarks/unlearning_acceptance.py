@@ -63,10 +63,10 @@ def rescore(experiment_dir: Path, argv: list[str]) -> dict[str, Any]:
 
     from lit_eraser.cli.unlearn_cli import build_experiment
 
-    scratch = Path(tempfile.mkdtemp()) / "unused"  # rescoring writes nothing; the plan just needs a free name
-    experiment = build_experiment([*argv, "--output_dir", str(scratch), "--wandb_mode", "disabled"])
+    with tempfile.TemporaryDirectory() as scratch:  # rescoring writes nothing; the plan just needs a free name
+        experiment = build_experiment([*argv, "--output_dir", str(Path(scratch) / "unused"), "--wandb_mode", "disabled"])
+        fresh = experiment.rescore(experiment_dir)
     report = json.loads((experiment_dir / "report.json").read_text())
-    fresh = experiment.rescore(experiment_dir)
     report["methods"]["llmeraser"] = fresh.pop("llmeraser")
     report.update(fresh)
     return report

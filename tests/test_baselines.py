@@ -96,9 +96,10 @@ def test_removing_one_user_touches_exactly_its_shard(trained) -> None:
     _, rows = trained
     assignment = shard_of_users(rows, 4, seed=0)
     user = int(rows[0]["user"])
-    edited = [r for r in rows if int(r["user"]) != user]
-    touched = touched_shards(split_rows(rows, assignment, 4), split_rows(edited, assignment, 4))
-    assert touched == [assignment[user]]
+    removed = [int(r["id"]) for r in rows if int(r["user"]) == user]
+    assert touched_shards(removed, rows, assignment) == [assignment[user]]
+    other = next(r for r in rows if assignment[int(r["user"])] != assignment[user])
+    assert touched_shards([*removed, int(other["id"])], rows, assignment) == sorted({assignment[user], assignment[int(other["user"])]})
 
 
 def test_ensemble_of_one_adapter_scores_like_the_adapter(trained) -> None:

@@ -205,17 +205,11 @@ def test_pretraining_rows_carry_no_user_data(sequential, tmp_path):
 def test_lightning_cli_parses_nested_settings():
     from lightning.pytorch.cli import LightningCLI
 
-    from lit_eraser.data.base import RecDataModule
-    from lit_eraser.models.base import RecommenderModule
+    from lit_eraser.cli.common import make_cli
 
-    cli = LightningCLI(
-        RecommenderModule,
-        RecDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        run=False,
-        save_config_callback=None,
-        args=[
+    cli = make_cli(
+        LightningCLI,
+        [
             "--model=lit_eraser.models.LlaraRecommender",
             "--model.lora.r=16",
             "--model.tiny.hidden_size=64",

@@ -190,3 +190,13 @@ def test_sisa_and_warm_retrain_in_report(adapter_run: Path, train_rows: dict, tm
     saved = json.loads((out / "adapters" / "sisa" / "sisa.json").read_text())
     assert saved["members"] == ["shard_00", "shard_01", "shard_02"]
     assert all((out / "adapters" / "sisa" / name / "adapter" / "adapter_model.safetensors").is_file() for name in saved["members"])
+
+
+def test_too_many_sisa_shards_fail_before_work(adapter_run: Path, train_rows: dict, tmp_path: Path, capsys) -> None:
+    requests = tmp_path / "requests.jsonl"
+    write_requests(requests, train_rows)
+    with pytest.raises(SystemExit) as exit_info:
+        unlearn_main(unlearn_args(adapter_run, requests, tmp_path / "exp", "--baselines", "[sisa]", "--sisa_shards", "100000"))
+    assert exit_info.value.code != 0
+    assert "100000 SISA shards need at least 100000 users" in capsys.readouterr().err
+    assert not (tmp_path / "exp").exists()

@@ -19,7 +19,7 @@ Decisions:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_accuracy, binary_auroc
 
+from lit_eraser.baselines.training import fit_on_rows
 from lit_eraser.io import write_json
 from lit_eraser.metrics import HitRatioAt1
 from lit_eraser.models.base import RecommenderModule
@@ -40,7 +41,7 @@ def shard_of_users(rows: Sequence[Row], shards: int, seed: int) -> dict[int, int
     """``user -> shard``: a seeded permutation of the sorted distinct users, dealt round-robin."""
     if shards < 1:
         raise ValueError(f"SISA needs at least one shard, got {shards}")
-    users = sorted({int(row.get("user", row["id"])) for row in rows})
+    users = sorted({user_of(row) for row in rows})
     if len(users) < shards:
         raise ValueError(f"{shards} SISA shards need at least {shards} users; the training rows have {len(users)}")
     order = np.random.default_rng([int(seed), 0x5154]).permutation(len(users))
@@ -51,17 +52,18 @@ def split_rows(rows: Sequence[Row], assignment: Mapping[int, int], shards: int) 
     """``rows`` grouped by their user's shard (order inside a shard kept)."""
     out: list[list[Row]] = [[] for _ in range(shards)]
     for row in rows:
-        out[assignment[int(row.get("user", row["id"]))]].append(row)
+        out[assignment[user_of(row)]].append(row)
     return out
 
 
-def touched_shards(original: Sequence[list[Row]], edited: Sequence[list[Row]]) -> list[int]:
-    """Shards whose rows differ between the original and the edited training set (by id and content)."""
+def user_of(row: Row) -> int:
+    return int(row.get("user", row["id"]))
 
-    def fingerprint(rows: list[Row]) -> list[str]:
-        return sorted(json.dumps(dict(row), sort_keys=True, default=str) for row in rows)
 
-    return [k for k, (before, after) in enumerate(zip(original, edited)) if fingerprint(before) != fingerprint(after)]
+def touched_shards(request_ids: Iterable[int], rows: Sequence[Row], assignment: Mapping[int, int]) -> list[int]:
+    """Shards holding the requested rows: the only ones whose training data the requests change."""
+    users = {int(row["id"]): user_of(row) for row in rows}
+    return sorted({assignment[users[int(i)]] for i in request_ids})
 
 
 class ShardEnsemble:
@@ -136,13 +138,10 @@ class ShardEnsemble:
 def sisa(context: Any) -> tuple[ShardEnsemble, PhaseCost]:
     """Fit one adapter per user shard: touched shards on their edited rows (the unlearning cost), the others on
     their unchanged rows (one-off cost, reported separately)."""
-    from lit_eraser.baselines.training import fit_on_rows
-
     seed = int(context.sisa_seed)
     assignment = shard_of_users(context.train_rows, context.sisa_shards, seed)
-    original = split_rows(context.train_rows, assignment, context.sisa_shards)
     edited = split_rows(context.clean_rows, assignment, context.sisa_shards)
-    touched = set(touched_shards(original, edited))
+    touched = set(touched_shards((r.id for r in context.requests), context.train_rows, assignment))
     members: list[RecommenderModule] = []
     unlearn, once = PhaseCost(), PhaseCost()
     for k, rows in enumerate(edited):

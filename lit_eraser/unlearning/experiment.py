@@ -21,6 +21,7 @@ import torch
 
 from callbacks.unlearn import LEDGER, write_ledger
 from lit_eraser.baselines import BASELINES, BaselineContext, ShardEnsemble, fit_on_rows
+from lit_eraser.baselines.sisa import shard_of_users
 from lit_eraser.influence import cosine
 from lit_eraser.influence._utils import tadd
 from lit_eraser.io import atomic_directory, directory_checksums, write_json
@@ -175,6 +176,8 @@ class UnlearningExperiment:
     # -- the experiment -------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         train_rows, requests, clean_rows = self.prepare_requests()
+        if "sisa" in self.plan.baselines:  # too many shards for the users: fail before any training
+            shard_of_users(train_rows, self.plan.sisa_shards, BaselineContext.sisa_seed)
         original_dir, original_cost = self.original_run()
         split = self.plan.eval_split
         dm = self.datamodule
