@@ -81,3 +81,12 @@ def test_subset_is_seeded_and_consistent(lastfm: LastFMDataModule, lastfm_dir: P
     other.setup("fit")
     assert cols(other.train_rows)["id"] != cols(small.train_rows)["id"]
     assert cols(other.test_rows) != cols(small.test_rows)
+
+
+def test_subset_keeps_the_full_split_for_the_item_encoder(lastfm: LastFMDataModule, lastfm_dir: Path) -> None:
+    small = LastFMDataModule(data_dir=str(lastfm_dir), seed=0, max_train_rows=500)
+    small.setup("fit")
+    pairs = small.item_encoder_rows()
+    assert len(small.train_rows) == 500 and len(pairs) == len(lastfm.train_rows)
+    columns = cols(lastfm.train_rows)
+    assert [p["history"] for p in pairs] == columns["history"] and [p["target"] for p in pairs] == columns["target"]

@@ -296,3 +296,28 @@ def test_long_histories_are_truncated_to_fit(datamodule, tmp_path):
     assert batch["input_ids"].shape[1] <= 200
     kept = batch["slot_item_ids"][0][batch["input_ids"][0] == model.tokenizer.convert_tokens_to_ids(HISTORY_SLOT)].tolist()
     assert 0 < len(kept) < 40 and kept == row["history"][-len(kept):]
+
+
+def test_item_encoder_can_learn_from_the_full_split_while_the_adapter_uses_a_subset(tmp_path):
+    """``sasrec.rows=full_split``: SASRec sees every training row, whatever the subset or override; ``adapter``
+    (the default) sees exactly the adapter's rows."""
+    from dataclasses import replace
+
+    from lit_eraser.models.sasrec import train_sasrec
+
+    dm = SyntheticDataModule(kind="sequential", n_train=64, n_val=8, n_test=8, max_train_rows=24)
+    dm.setup("fit")
+    full = SyntheticDataModule(kind="sequential", n_train=64, n_val=8, n_test=8)
+    full.setup("fit")
+    assert len(dm.train_rows) == 24 and len(dm.item_encoder_rows()) == 64
+    dm.set_train_rows([dict(r, target=r["history"][0]) for r in rows_of(dm.train_rows, 24)])  # an edit
+    assert len(dm.item_encoder_rows()) == 64
+    settings = replace(SASREC, rows="full_split")
+    on_full = make_llara(tmp_path / "a", sasrec=settings).build(dm).item_encoder
+    expected = train_sasrec(full.train_rows, full.num_items, settings, seed=0)
+    assert torch.equal(on_full.item_table, expected.item_table)
+    on_subset = make_llara(tmp_path / "b").build(dm).item_encoder
+    assert torch.equal(on_subset.item_table, train_sasrec(dm.train_rows, dm.num_items, SASREC, seed=0).item_table)
+    assert not torch.allclose(on_subset.item_table, on_full.item_table)
+    with pytest.raises(ValueError, match="full_split"):
+        SasrecSettings(rows="everything")

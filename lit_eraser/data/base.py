@@ -151,6 +151,7 @@ class RecDataModule(L.LightningDataModule):
         self.test_rows: datasets.Dataset | None = None
         self.item_titles: list[str] = []
         self._train_override: datasets.Dataset | None = None
+        self._full_train_pairs: list[dict[str, Any]] | None = None
 
     # ----------------------------------------------------------------------------------------- data root
     def resolve_data_dir(self) -> Path:
@@ -196,6 +197,20 @@ class RecDataModule(L.LightningDataModule):
             raise ValueError("training rows must have unique ids")
         self._train_override = rows
         self.train_rows = rows
+
+    def keep_full_train_pairs(self, histories: list[list[int]], targets: list[int]) -> None:
+        """Remember the whole training split's (history, target) pairs before ``max_train_rows`` subsets it."""
+        self._full_train_pairs = [{"history": list(h), "target": int(t)} for h, t in zip(histories, targets)]
+
+    def item_encoder_rows(self) -> list[dict[str, Any]] | datasets.Dataset:
+        """The (history, target) pairs of the *whole* training split as distributed: no ``max_train_rows``
+        subset, no edits or overrides. A frozen item encoder (SASRec) trained on these is an upstream
+        component like the base LLM; LLaRA trains it on all training sequences."""
+        if self._full_train_pairs is not None:
+            return self._full_train_pairs
+        if self.train_rows is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() has not been called")
+        return self.train_rows
 
     def limit_indices(self, split: str, n_total: int) -> list[int] | None:
         """Indices of the seeded subset ``max_train_rows`` (train) / ``max_eval_rows`` (val, test) keeps."""

@@ -130,6 +130,8 @@ class LastFMDataModule(FileDataModule):
         self.item_titles = read_id2name(directory / "id2name.txt")
         for split in ("train", "val", "test"):
             columns = self._split_columns(directory, split)
+            if split == "train":
+                self.keep_full_train_pairs(columns["history"], columns["target"])
             columns = select_columns(columns, self.limit_indices(split, len(columns["id"])))
             columns["candidates"] = [
                 draw_candidates(self.seed, row_id, target, history, self.num_items, self.n_candidates)

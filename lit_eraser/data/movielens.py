@@ -183,6 +183,8 @@ class MovieLensDataModule(_MovieLensBase):
                     columns["user"].append(user)
                     columns["history"].append(items[max(0, t - self.history_len) : t])
                     columns["target"].append(items[t])
+            if split == "train":
+                self.keep_full_train_pairs(columns["history"], columns["target"])
             columns = select_columns(columns, self.limit_indices(split, len(columns["id"])))
             columns["candidates"] = [
                 draw_candidates(self.seed, row_id, target, history, self.num_items, self.n_candidates)

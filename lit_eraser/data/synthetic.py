@@ -114,6 +114,8 @@ class SyntheticDataModule(RecDataModule):
         total = self.n_train + self.n_val + self.n_test
         rows = [self._row(rng, row_id) for row_id in range(total)]
         self.train_rows = datasets.Dataset.from_list(rows[: self.n_train])
+        if self.kind == "sequential":
+            self.keep_full_train_pairs([r["history"] for r in rows[: self.n_train]], [r["target"] for r in rows[: self.n_train]])
         self.val_rows = datasets.Dataset.from_list(rows[self.n_train : self.n_train + self.n_val])
         self.test_rows = datasets.Dataset.from_list(rows[self.n_train + self.n_val :])
         self._finish_setup()

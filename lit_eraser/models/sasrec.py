@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,11 @@ class SasrecSettings:
         batch_size: Rows per SASRec training step.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
+        rows: Which training rows it learns from: ``adapter`` (the rows the LoRA adapter is trained on,
+            after any ``max_train_rows`` subset or edit) or ``full_split`` (the whole training split as
+            distributed, as LLaRA does). With a subset, ``full_split`` is what makes the item embeddings
+            informative: on LastFM a SASRec trained on a 4,000-row subset ranks the test target first
+            among 20 candidates for 8% of users, one trained on all 47,872 rows for 30%.
     """
 
     hidden_size: int = 64
@@ -50,8 +55,11 @@ class SasrecSettings:
     batch_size: int = 512
     lr: float = 5e-3
     weight_decay: float = 0.0
+    rows: Literal["adapter", "full_split"] = "adapter"
 
     def __post_init__(self) -> None:
+        if self.rows not in ("adapter", "full_split"):
+            raise ValueError(f"SASRec rows must be 'adapter' or 'full_split', got {self.rows!r}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"SASRec hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
         if min(self.hidden_size, self.num_layers, self.num_heads, self.max_len, self.batch_size) < 1:
