@@ -15,7 +15,9 @@ and saved with every run under ``base_model/``, so reloading never re-runs it.
 Measured (LastFM, hidden 128, 2 layers, 1 CPU thread, ~0.4 s/step): 1,500 steps (~10 min) teach the titles
 (the tokens after a title's first one are then predicted with ~0.05 nats) but not yet to pick the *first*
 token from the candidate list (~10% of the probability mass on the candidates' first tokens); it is off by
-default (``steps=0``).
+default (``steps=0``). With SASRec on the full split, ``configs/lastfm_train.yaml --model.init_args.pretrain.steps
+2000 --trainer.max_epochs 2`` gave test loss 2.04 (6.89 without pretraining) but test ``hr1_rank`` only 0.082
+(10 of 122; chance 0.05), in 947 s of fit (722 s of it pretraining); ``pretrain.loss response`` gave 0.057.
 """
 
 from __future__ import annotations
