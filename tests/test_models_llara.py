@@ -321,3 +321,7 @@ def test_item_encoder_can_learn_from_the_full_split_while_the_adapter_uses_a_sub
     assert not torch.allclose(on_subset.item_table, on_full.item_table)
     with pytest.raises(ValueError, match="full_split"):
         SasrecSettings(rows="everything")
+    binary = SyntheticDataModule(kind="binary", n_train=16, n_val=4, n_test=4)
+    binary.setup("fit")
+    with pytest.raises(RuntimeError, match="no full training split"):
+        binary.item_encoder_rows()

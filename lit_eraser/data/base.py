@@ -202,15 +202,21 @@ class RecDataModule(L.LightningDataModule):
         """Remember the whole training split's (history, target) pairs before ``max_train_rows`` subsets it."""
         self._full_train_pairs = [{"history": list(h), "target": int(t)} for h, t in zip(histories, targets)]
 
-    def item_encoder_rows(self) -> list[dict[str, Any]] | datasets.Dataset:
+    def item_encoder_rows(self) -> list[dict[str, Any]]:
         """The (history, target) pairs of the *whole* training split as distributed: no ``max_train_rows``
         subset, no edits or overrides. A frozen item encoder (SASRec) trained on these is an upstream
-        component like the base LLM; LLaRA trains it on all training sequences."""
-        if self._full_train_pairs is not None:
-            return self._full_train_pairs
-        if self.train_rows is None:
-            raise RuntimeError(f"{type(self).__name__}.setup() has not been called")
-        return self.train_rows
+        component like the base LLM; LLaRA trains it on all training sequences.
+
+        Raises:
+            RuntimeError: ``setup()`` has not run, or this datamodule never recorded its full split (a
+                sequential datamodule calls :meth:`keep_full_train_pairs` while it builds the split).
+        """
+        if self._full_train_pairs is None:
+            raise RuntimeError(
+                f"{type(self).__name__} has no full training split to give (call setup() first; a custom "
+                "datamodule must call keep_full_train_pairs() while building its training split)"
+            )
+        return self._full_train_pairs
 
     def limit_indices(self, split: str, n_total: int) -> list[int] | None:
         """Indices of the seeded subset ``max_train_rows`` (train) / ``max_eval_rows`` (val, test) keeps."""

@@ -113,9 +113,10 @@ class SyntheticDataModule(RecDataModule):
         rng = np.random.default_rng(self.seed)
         total = self.n_train + self.n_val + self.n_test
         rows = [self._row(rng, row_id) for row_id in range(total)]
-        self.train_rows = datasets.Dataset.from_list(rows[: self.n_train])
+        train = rows[: self.n_train]
+        self.train_rows = datasets.Dataset.from_list(train)
         if self.kind == "sequential":
-            self.keep_full_train_pairs([r["history"] for r in rows[: self.n_train]], [r["target"] for r in rows[: self.n_train]])
+            self.keep_full_train_pairs([r["history"] for r in train], [r["target"] for r in train])
         self.val_rows = datasets.Dataset.from_list(rows[self.n_train : self.n_train + self.n_val])
         self.test_rows = datasets.Dataset.from_list(rows[self.n_train + self.n_val :])
         self._finish_setup()

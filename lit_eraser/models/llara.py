@@ -169,11 +169,10 @@ class LlaraRecommender(RecommenderModule):
                     f"the item encoder in {reuse} covers {self.item_encoder.num_items} items, the data {len(self.item_titles)}"
                 )
             return
-        rows = datamodule.train_rows
-        if self.sasrec_settings.rows == "full_split":
-            if not hasattr(datamodule, "item_encoder_rows"):
-                raise ValueError(f"{type(datamodule).__name__} cannot give its full training split (sasrec.rows=full_split)")
-            rows = datamodule.item_encoder_rows()
+        full_split = self.sasrec_settings.rows == "full_split"
+        if full_split and not hasattr(datamodule, "item_encoder_rows"):
+            raise ValueError(f"{type(datamodule).__name__} cannot give its full training split (sasrec.rows=full_split)")
+        rows = datamodule.item_encoder_rows() if full_split else datamodule.train_rows
         self.item_encoder = cached_sasrec(
             rows, len(self.item_titles), self.sasrec_settings, self.seed, self.resolved_cache_dir(),
             log=self._log_info,
