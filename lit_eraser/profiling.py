@@ -25,6 +25,15 @@ class PhaseCost:
     peak_memory_delta_mib: float = 0.0
     device: str = "cpu"
 
+    def plus(self, other: PhaseCost) -> PhaseCost:
+        """Two phases run one after the other: seconds add, peaks are the larger one."""
+        return PhaseCost(
+            seconds=self.seconds + other.seconds,
+            peak_memory_mib=max(self.peak_memory_mib, other.peak_memory_mib),
+            peak_memory_delta_mib=max(self.peak_memory_delta_mib, other.peak_memory_delta_mib),
+            device=other.device,
+        )
+
     def as_dict(self) -> dict[str, float | str]:
         return {
             "seconds": self.seconds,

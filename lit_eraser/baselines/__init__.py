@@ -18,6 +18,7 @@ from lit_eraser.baselines.ascent import ascend
 from lit_eraser.baselines.sisa import ShardEnsemble, sisa
 from lit_eraser.baselines.training import fit_on_rows, inner_trainer
 from lit_eraser.models.base import RecommenderModule
+from lit_eraser.models.converge import ConvergeReport, ConvergeSettings, converge
 from lit_eraser.profiling import PhaseCost
 from lit_eraser.unlearning.requests import UnlearningRequest
 
@@ -43,6 +44,9 @@ class BaselineContext:
         sisa_seed: Seed of SISA's user-to-shard assignment.
         seed: Global seed set before ``warm_retrain`` fits, so two warm runs on different rows see the same
             shuffling and dropout draws wherever their rows agree (the paired fidelity reference).
+        converge: θ̂ was finished by full-batch L-BFGS (:mod:`lit_eraser.models.converge`): ``retrain``
+            finishes the same way, and ``warm_retrain`` *is* that L-BFGS from θ̂ on the edited rows (the
+            minimiser the Newton step approximates) instead of ``warm_epochs`` of mini-batch training.
     """
 
     original_run: Path
@@ -57,6 +61,7 @@ class BaselineContext:
     sisa_shards: int = 4
     sisa_seed: int = 0
     seed: int = 0
+    converge: ConvergeSettings | None = None
 
     def load_original(self) -> RecommenderModule:
         return RecommenderModule.load(self.original_run)
@@ -68,16 +73,28 @@ class BaselineContext:
         return type(original).from_init_config(config)
 
 
+def _finish(module: RecommenderModule, context: BaselineContext, cost: PhaseCost) -> PhaseCost:
+    """θ̂'s own last training phase, when it had one: L-BFGS to a stationary point on the edited rows."""
+    if context.converge is None:
+        return cost
+    # θ̂'s objective with the removed rows' terms deleted: same 1/n, same L2 weight (the objective b linearises)
+    report: ConvergeReport = converge(module, context.clean_rows, context.converge, normalizer=len(context.train_rows))
+    module.converge_report = report.as_dict()
+    return cost.plus(report.cost)
+
+
 def retrain(context: BaselineContext) -> tuple[RecommenderModule, PhaseCost]:
     """Retrain from scratch: same initialisation and schedule, on the edited data (the gold standard)."""
     module = context.fresh_module()
     cost = fit_on_rows(module, context.datamodule, context.clean_rows, context.trainer_kwargs)
-    return module, cost
+    return module, _finish(module, context, cost)
 
 
 def warm_retrain(context: BaselineContext) -> tuple[RecommenderModule, PhaseCost]:
     """Continue training θ̂ on the edited data: the solution the Newton step approximates."""
     module = context.load_original()
+    if context.converge is not None:  # θ̂ is a stationary point: continue with the optimiser that found it
+        return module, _finish(module, context, PhaseCost())
     if context.warm_lr is not None:
         module.lr = float(context.warm_lr)
     seed_everything(context.seed, verbose=False)

@@ -149,11 +149,10 @@ def sisa(context: Any) -> tuple[ShardEnsemble, PhaseCost]:
             raise ValueError(f"SISA shard {k} has no rows left after the requests; use fewer shards")
         member = context.fresh_module()
         cost = fit_on_rows(member, context.datamodule, rows, context.trainer_kwargs)
-        bucket = unlearn if k in touched else once
-        bucket.seconds += cost.seconds
-        bucket.peak_memory_mib = max(bucket.peak_memory_mib, cost.peak_memory_mib)
-        bucket.peak_memory_delta_mib = max(bucket.peak_memory_delta_mib, cost.peak_memory_delta_mib)
-        bucket.device = cost.device
+        if k in touched:
+            unlearn = unlearn.plus(cost)
+        else:
+            once = once.plus(cost)
         members.append(member)
     info = {"shards": context.sisa_shards, "seed": seed, "retrained_shards": sorted(touched),
             "untouched_shard_seconds": once.seconds}

@@ -13,6 +13,7 @@ import lit_eraser.models  # noqa: F401 - registers the recommenders
 from lit_eraser.cli.common import make_cli
 from lit_eraser.cli.errors import exit_on_user_error
 from lit_eraser.cli.loggers import LoggerMode, build_logger
+from lit_eraser.models.converge import ConvergeSettings
 from lit_eraser.unlearning.corruption import CorruptionSpec
 from lit_eraser.unlearning.eraser import UnlearnSettings
 from lit_eraser.unlearning.experiment import ExperimentPlan, UnlearningExperiment
@@ -47,6 +48,11 @@ class UnlearnCLI(LightningCLI):
             "--paired_fidelity", type=bool, default=True,
             help="With warm_retrain: also warm-train θ̂ on its own rows (same seed) and report *_paired fidelity.",
         )
+        parser.add_argument(
+            "--converge", type=ConvergeSettings | None, default=None,
+            help="Finish θ̂ (and retrain) by full-batch L-BFGS to a stationary point of mean loss + l2/2‖θ‖²; "
+            "warm_retrain then continues that L-BFGS on the edited rows. Set unlearn.damping = converge.l2.",
+        )
         parser.add_argument("--sisa_shards", type=int, default=4, help="Shards (user groups) of the sisa baseline.")
         parser.add_argument("--cache_dir", type=str, default="runs/cache", help="Cache of trained original adapters.")
         parser.add_argument("--eval_split", type=str, default="test", help="Split the methods are evaluated on.")
@@ -73,6 +79,7 @@ def build_experiment(args: list[str] | None = None) -> UnlearningExperiment:
         cache_dir=Path(config["cache_dir"]),
         overwrite=config["overwrite"],
         eval_split=config["eval_split"],
+        converge=init["converge"],
     )
     output_dir = plan.output_dir
     logger = build_logger(config["wandb_mode"], output_dir.parent / "logs", config["wandb_project"], output_dir.name)

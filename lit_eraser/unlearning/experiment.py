@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from callbacks.unlearn import LEDGER, write_ledger
 from lit_eraser.baselines import BASELINES, BaselineContext, ShardEnsemble, fit_on_rows
@@ -26,6 +27,7 @@ from lit_eraser.influence import cosine
 from lit_eraser.influence._utils import tadd
 from lit_eraser.io import atomic_directory, directory_checksums, write_json
 from lit_eraser.models.base import RecommenderModule
+from lit_eraser.models.converge import ConvergeSettings, converge
 from lit_eraser.profiling import PhaseMeter
 from lit_eraser.unlearning.corruption import CorruptionSpec
 from lit_eraser.unlearning.eraser import UnlearnSettings, apply_delta, chunk, compute_update
@@ -60,6 +62,7 @@ class ExperimentPlan:
     cache_dir: Path = Path("runs/cache")
     overwrite: bool = False
     eval_split: str = "test"
+    converge: ConvergeSettings | None = None
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.baselines if name not in BASELINES]
@@ -71,6 +74,11 @@ class ExperimentPlan:
             raise ValueError("give exactly one of --requests (a JSONL file) or --corruption (a seeded experiment)")
         if self.output_dir.exists() and not self.overwrite:
             raise FileExistsError(f"{self.output_dir} already exists; choose another --output_dir or pass --overwrite true")
+        if self.converge is not None and self.converge.l2 != self.unlearn.damping:
+            rank_zero_warn(
+                f"converge.l2 = {self.converge.l2} but unlearn.damping = {self.unlearn.damping}: the solve is the "
+                "Newton step of the L2-regularised objective θ̂ minimises only when they are equal"
+            )
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -158,6 +166,7 @@ class UnlearningExperiment:
                 "data": self.data_config,
                 "trainer": {k: v for k, v in self.trainer_kwargs.items() if isinstance(v, (int, float, str, bool, type(None)))},
                 "corruption": asdict(self.plan.corruption) if self.plan.corruption else str(self.plan.requests),
+                **({"converge": asdict(self.plan.converge)} if self.plan.converge else {}),
             }
         )
         run_dir = self.plan.cache_dir / f"original-{key}"
@@ -168,9 +177,17 @@ class UnlearningExperiment:
         with PhaseMeter() as build:
             self.model.build(self.datamodule)
         cost = fit_on_rows(self.model, self.datamodule, None, self.trainer_kwargs)
+        extra: dict[str, Any] = {}
+        if self.plan.converge is not None:  # the L-BFGS finish is part of training θ̂ and of its seconds
+            finish = converge(self.model, list(self.datamodule.train_rows), self.plan.converge)
+            extra = {"minibatch_fit_seconds": cost.seconds, "converge": finish.as_dict()}
+            cost = cost.plus(finish.cost)
         with atomic_directory(run_dir, overwrite=True) as tmp:
             self.model.save_run(tmp)
-            write_json(tmp / "cost.json", {"fit_seconds": cost.seconds, "build_seconds": build.cost.seconds, **cost.as_dict()})
+            write_json(
+                tmp / "cost.json",
+                {"fit_seconds": cost.seconds, "build_seconds": build.cost.seconds, **cost.as_dict(), **extra},
+            )
         return run_dir, json.loads((run_dir / "cost.json").read_text())
 
     # -- the experiment -------------------------------------------------------------------------------
@@ -194,6 +211,7 @@ class UnlearningExperiment:
                 "peak_memory_delta_mib": float(original_cost.get("peak_memory_delta_mib", float("nan"))),
                 "build_seconds": float(original_cost.get("build_seconds", float("nan"))),
                 "source": str(original_dir),
+                **({k: original_cost[k] for k in ("minibatch_fit_seconds", "converge") if k in original_cost}),
             }
             states["original"] = theta_hat
             module.save_run(out / "adapters" / "original")
@@ -221,6 +239,7 @@ class UnlearningExperiment:
                 warm_lr=self.plan.warm_lr,
                 sisa_shards=self.plan.sisa_shards,
                 seed=int(getattr(self.model, "seed", 0)),
+                converge=self.plan.converge,
             )
             for name in self.plan.baselines:
                 baseline, cost = BASELINES[name](context)
@@ -228,6 +247,8 @@ class UnlearningExperiment:
                     methods[name] = {"metrics": baseline.evaluate(dm, split), **cost.as_dict(), **baseline.info}
                 else:
                     methods[name] = {"metrics": evaluate(baseline, dm, split), **cost.as_dict()}
+                    if getattr(baseline, "converge_report", None):
+                        methods[name]["converge"] = baseline.converge_report
                     states[name] = baseline.adapter_state()
                 baseline.save_run(out / "adapters" / name)
 
