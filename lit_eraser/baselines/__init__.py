@@ -18,7 +18,7 @@ from lit_eraser.baselines.ascent import ascend
 from lit_eraser.baselines.sisa import ShardEnsemble, sisa
 from lit_eraser.baselines.training import fit_on_rows, inner_trainer
 from lit_eraser.models.base import RecommenderModule
-from lit_eraser.models.converge import ConvergeReport, ConvergeSettings, converge
+from lit_eraser.models.converge import ConvergeSettings, converge
 from lit_eraser.profiling import PhaseCost
 from lit_eraser.unlearning.requests import UnlearningRequest
 
@@ -78,8 +78,7 @@ def _finish(module: RecommenderModule, context: BaselineContext, cost: PhaseCost
     if context.converge is None:
         return cost
     # θ̂'s objective with the removed rows' terms deleted: same 1/n, same L2 weight (the objective b linearises)
-    report: ConvergeReport = converge(module, context.clean_rows, context.converge, normalizer=len(context.train_rows))
-    module.converge_report = report.as_dict()
+    report = converge(module, context.clean_rows, context.converge, normalizer=len(context.train_rows))
     return cost.plus(report.cost)
 
 

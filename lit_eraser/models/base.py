@@ -161,6 +161,8 @@ class RecommenderModule(L.LightningModule):
         self.lr = lr
         self.weight_decay = weight_decay
         self.warmup_steps = warmup_steps
+        #: Where :func:`lit_eraser.models.converge.converge` last left this adapter (None: never run).
+        self.converge_report: dict[str, Any] | None = None
         self.scheduler_name = scheduler
         self.max_length = max_length
         self.seed = seed

@@ -138,7 +138,7 @@ def converge(
     for p in params:
         p.grad = None
     grad_max = float(grad.abs().max())
-    return ConvergeReport(
+    report = ConvergeReport(
         objective_before=before,
         grad_norm_before=grad_before,
         objective_after=after,
@@ -148,3 +148,5 @@ def converge(
         converged=grad_max <= settings.grad_tol,
         cost=meter.cost,
     )
+    module.converge_report = report.as_dict()
+    return report

@@ -247,7 +247,7 @@ class UnlearningExperiment:
                     methods[name] = {"metrics": baseline.evaluate(dm, split), **cost.as_dict(), **baseline.info}
                 else:
                     methods[name] = {"metrics": evaluate(baseline, dm, split), **cost.as_dict()}
-                    if getattr(baseline, "converge_report", None):
+                    if baseline.converge_report is not None:
                         methods[name]["converge"] = baseline.converge_report
                     states[name] = baseline.adapter_state()
                 baseline.save_run(out / "adapters" / name)
