@@ -119,3 +119,11 @@ def test_unlearn_cli_with_converge(tmp_path: Path) -> None:
     assert report["fidelity"]["pearson_vs_warm_retrain"] >= 0.9
     assert report["fidelity"]["cosine_delta_vs_warm_retrain"] >= 0.5
     assert json.loads((out / "report.json").read_text())["methods"]["original"]["converge"] == finish
+
+
+def test_converge_with_a_given_adapter_is_refused(tmp_path: Path) -> None:
+    from lit_eraser.unlearning.corruption import CorruptionSpec
+    from lit_eraser.unlearning.experiment import ExperimentPlan
+
+    with pytest.raises(ValueError, match="--converge finishes the adapter this run trains"):
+        ExperimentPlan(output_dir=tmp_path / "out", adapter=tmp_path, corruption=CorruptionSpec(), converge=ConvergeSettings())

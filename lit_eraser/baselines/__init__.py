@@ -47,6 +47,7 @@ class BaselineContext:
         converge: θ̂ was finished by full-batch L-BFGS (:mod:`lit_eraser.models.converge`): ``retrain``
             finishes the same way, and ``warm_retrain`` *is* that L-BFGS from θ̂ on the edited rows (the
             minimiser the Newton step approximates) instead of ``warm_epochs`` of mini-batch training.
+            SISA's shard adapters are not finished.
     """
 
     original_run: Path

@@ -74,6 +74,10 @@ class ExperimentPlan:
             raise ValueError("give exactly one of --requests (a JSONL file) or --corruption (a seeded experiment)")
         if self.output_dir.exists() and not self.overwrite:
             raise FileExistsError(f"{self.output_dir} already exists; choose another --output_dir or pass --overwrite true")
+        if self.converge is not None and self.adapter is not None:
+            raise ValueError(
+                "--converge finishes the adapter this run trains; a given --adapter is unlearned as it is (drop one)"
+            )
         if self.converge is not None and self.converge.l2 != self.unlearn.damping:
             rank_zero_warn(
                 f"converge.l2 = {self.converge.l2} but unlearn.damping = {self.unlearn.damping}: the solve is the "
