@@ -52,6 +52,14 @@ def verdict(report: dict[str, Any]) -> list[str]:
     seconds, memory = cost["unlearn_over_train_seconds"], cost["unlearn_over_train_peak_memory"]
     lines.append(f"  cost: unlearn/train seconds = {seconds:.4f} (bar ≤ {SECONDS_BAR}: {'met' if seconds <= SECONDS_BAR else 'NOT met'})")
     lines.append(f"  cost: unlearn/train peak memory = {memory:.4f} (bar ≤ {MEMORY_BAR}: {'met' if memory <= MEMORY_BAR else 'NOT met'})")
+    for name in ("original", "warm_retrain", "retrain"):  # --converge: how stationary the references are
+        finish = methods.get(name, {}).get("converge")
+        if finish:
+            lines.append(
+                f"  converge {name}: ‖∇J‖ {finish['grad_norm_before']:.3g} → {finish['grad_norm_after']:.3g}, "
+                f"J {finish['objective_before']:.4f} → {finish['objective_after']:.4f}, "
+                f"{finish['evaluations']} evaluations, {finish['seconds']:.1f} s"
+            )
     solver = report["solver"]
     lines.append(f"  solver {solver['name']}: relative residual {solver['relative_residual']:.4g}, {solver['hvp_calls']} HVP calls, damping {solver['damping']}")
     return lines
