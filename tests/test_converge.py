@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def gradient_norm(module, rows, n: int, l2: float) -> float:
     """‖∇J‖ of (1/n) Σ_rows ℓ + (l2/2)‖θ‖² at the module's adapter."""
-    encoded = [(module.encode(rows[i : i + 32]), 0) for i in range(0, len(rows), 32)]
+    encoded = [module.encode(rows[i : i + 32]) for i in range(0, len(rows), 32)]
     objective_and_gradient(module, encoded, n, l2)
     norm = float(torch.cat([p.grad.reshape(-1) for p in module.adapter_parameters().values()]).norm())
     for p in module.adapter_parameters().values():

@@ -74,15 +74,13 @@ class ConvergeReport:
         return out
 
 
-def objective_and_gradient(
-    module: Any, encoded: Sequence[tuple[dict[str, torch.Tensor], int]], n: int, l2: float
-) -> torch.Tensor:
+def objective_and_gradient(module: Any, encoded: Sequence[Mapping[str, torch.Tensor]], n: int, l2: float) -> torch.Tensor:
     """J(θ) at the module's adapter, with ∇J accumulated into the adapter parameters' ``.grad``."""
     params = list(module.adapter_parameters().values())
     for p in params:
         p.grad = None
     total = torch.zeros((), dtype=torch.float64)
-    for batch, _ in encoded:
+    for batch in encoded:
         loss = module(batch).float().sum() / n
         loss.backward()
         total += loss.detach().double().cpu()
@@ -114,7 +112,7 @@ def converge(
     encoded = []
     for start in range(0, len(rows), settings.batch_size):
         batch = list(rows[start : start + settings.batch_size])
-        encoded.append(({k: v.to(device) for k, v in module.encode(batch).items()}, len(batch)))
+        encoded.append({k: v.to(device) for k, v in module.encode(batch).items()})
     n = normalizer or len(rows)
     params = list(module.adapter_parameters().values())
     optimizer = torch.optim.LBFGS(
