@@ -127,3 +127,38 @@ def test_converge_with_a_given_adapter_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="--converge finishes the adapter this run trains"):
         ExperimentPlan(output_dir=tmp_path / "out", adapter=tmp_path, corruption=CorruptionSpec(), converge=ConvergeSettings())
+
+
+def test_exact_step_leaves_the_lora_rotation_orbit_alone(converged) -> None:
+    """At a converged θ̂ with damping = l2, H_λ is singular along LoRA's rotation orbit (B → BQ, A → QᵀA leaves
+    loss and ‖θ‖² unchanged). The exact solve must not move along it: there a plain solve divides round-off
+    by round-off, which is what made the IR step CPU-dependent (cosine 0.27 vs warm retraining on one CPU,
+    0.99 on another)."""
+    from lit_eraser.influence import InfluenceProblem
+    from lit_eraser.influence._utils import flatten
+    from lit_eraser.influence.solvers import ExactSolver
+    from lit_eraser.influence.symmetry import lora_rotation_directions
+    from lit_eraser.unlearning.eraser import curvature_batches
+
+    name, recipe, rows, settings, _, _ = converged
+    module = recipe.model
+    unlearn = dataclasses.replace(recipe.unlearn, solver=ExactSettings())
+    train_batches, residual_batches = curvature_batches(rows, unlearn)
+    problem = InfluenceProblem.for_module(
+        module, train_batches, len(rows), damping=unlearn.damping, curvature=unlearn.curvature, residual_batches=residual_batches
+    )
+    h = ExactSolver(ExactSettings()).dense_curvature(problem)
+    h = h + unlearn.damping * torch.eye(h.shape[0], dtype=h.dtype)
+    orbit = lora_rotation_directions(module.adapter_parameters())
+    if orbit.shape[1] == 0:  # rank-1 LoRA has no rotation orbit
+        assert compute_update(module, rows, recipe.corruption.requests, unlearn).info.extra["gauge_directions"] == 0
+        return
+    orbit_curvature, mixing = torch.linalg.eigh(orbit.T @ h @ orbit)
+    top = float(torch.linalg.matrix_norm(h, ord=2))
+    print(f"\n{name}: orbit curvature {orbit_curvature.tolist()} vs largest eigenvalue {top:.3f}")
+    flat = orbit @ mixing[:, orbit_curvature.abs() <= 1e-4 * top]
+    exact = compute_update(module, rows, recipe.corruption.requests, unlearn)
+    assert exact.info.extra["gauge_directions"] == flat.shape[1]
+    # the step is orthogonal to every flat orbit direction (float32 round-off only; the CPU-dependent plain
+    # solve had ~0.4·‖Δ‖ there)
+    assert float((flat.T @ flatten(exact.delta).double()).norm()) <= 1e-6 * exact.delta_norm

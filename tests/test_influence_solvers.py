@@ -270,3 +270,34 @@ def test_datainf_grouping_changes_answer_but_stays_correlated():
 def test_unflatten_roundtrip():
     problem, b, _ = _mlp_problem()
     assert all(torch.equal(unflatten(flatten(b), b)[k], b[k]) for k in b)
+
+
+def test_lora_rotation_directions_change_no_prediction_and_no_norm() -> None:
+    """The orbit tangents of B → BQ, A → QᵀA: first-order moves along them keep B·A and ‖A‖² + ‖B‖²."""
+    from lit_eraser.influence._utils import flatten, unflatten
+    from lit_eraser.influence.symmetry import lora_rotation_directions
+
+    torch.manual_seed(0)
+    params = {
+        "layer.lora_A.default.weight": torch.randn(3, 5, dtype=torch.float64),
+        "layer.lora_B.default.weight": torch.randn(4, 3, dtype=torch.float64),
+        "projector.weight": torch.randn(2, 2, dtype=torch.float64),
+    }
+    basis = lora_rotation_directions(params)
+    assert basis.shape == (15 + 12 + 4, 3)  # r(r-1)/2 = 3 generators for r = 3
+    assert torch.allclose(basis.T @ basis, torch.eye(3, dtype=torch.float64), atol=1e-10)
+    theta = flatten(params)
+    for column in basis.T:
+        assert float(column[-4:].abs().max()) == 0.0  # nothing outside the LoRA pair moves
+        eps = 1e-6
+        moved = unflatten(theta + eps * column, params)
+        product = moved["layer.lora_B.default.weight"] @ moved["layer.lora_A.default.weight"]
+        original = params["layer.lora_B.default.weight"] @ params["layer.lora_A.default.weight"]
+        assert float((product - original).abs().max()) <= 1e-10  # O(eps²)
+        assert abs(float((theta + eps * column).norm() ** 2 - theta.norm() ** 2)) <= 1e-10
+
+
+def test_lora_rotation_directions_without_lora_pairs_are_empty() -> None:
+    from lit_eraser.influence.symmetry import lora_rotation_directions
+
+    assert lora_rotation_directions({"w": torch.ones(3, 2)}).shape == (6, 0)

@@ -60,6 +60,7 @@ from lit_eraser.influence._utils import (
     tzeros_like,
     unflatten,
 )
+from lit_eraser.influence.symmetry import lora_rotation_directions
 from lit_eraser.influence.hvp import (
     CURVATURES,
     DEFAULT_HVP_IMPL,
@@ -231,18 +232,28 @@ class ExactSettings(SolverSettings):
             (``torch.func.hessian`` of the flattened θ; Hessian curvature only).
         chunk_size: Hessian columns per vmapped backward (``is_grads_batched``) with method ``"hvp"``; 1, or a
             model whose backward has no batching rule, gives one product at a time.
-        report_eigenvalues: also report the smallest and largest eigenvalue of H_λ (``eigvalsh``).
+        report_eigenvalues: also report the smallest and largest eigenvalue of H_λ (on the solved subspace).
+        gauge_rcond: solve orthogonally to those directions of LoRA's rotation symmetry (B → BQ, A → QᵀA)
+            along which H_λ's curvature is at most ``gauge_rcond`` × its largest eigenvalue: at a converged θ̂
+            with damping = the L2 weight H_λ is singular there (:mod:`lit_eraser.influence.symmetry`) and a
+            plain solve returns an arbitrary, CPU-dependent move along the orbit. 0 turns this off; elsewhere
+            (orbit curvature above the cut) the solve is the plain H_λ⁻¹b.
     """
 
     max_params: int = 5000
     method: Literal["hvp", "func_hessian"] = "hvp"
     chunk_size: int = 64
     report_eigenvalues: bool = True
+    gauge_rcond: float = 1e-4
 
     def validate(self) -> None:
         _check(_is_int(self.chunk_size) and self.chunk_size >= 1, "ExactSettings", f"chunk_size must be an int >= 1, got {self.chunk_size!r}")
         _check(_is_int(self.max_params) and self.max_params >= 1, "ExactSettings", f"max_params must be an int >= 1, got {self.max_params!r}")
         _check(self.method in ("hvp", "func_hessian"), "ExactSettings", f"method must be 'hvp' or 'func_hessian', got {self.method!r}")
+        _check(
+            isinstance(self.gauge_rcond, (int, float)) and not isinstance(self.gauge_rcond, bool) and 0 <= self.gauge_rcond < 1,
+            "ExactSettings", f"gauge_rcond must be a number in [0, 1), got {self.gauge_rcond!r}",
+        )
 
 
 @dataclass
@@ -575,25 +586,41 @@ class ExactSolver(Solver):
         h = total / count
         return 0.5 * (h + h.T)
 
+    def flat_orbit_directions(self, problem: InfluenceProblem, h: torch.Tensor) -> torch.Tensor:
+        """Orthonormal p × k basis of the LoRA-orbit directions along which H_λ (``h``) is nearly flat."""
+        if self.settings.gauge_rcond == 0:
+            return h.new_zeros(h.shape[0], 0)
+        orbit = lora_rotation_directions(problem.params).to(h.device)
+        if not orbit.shape[1]:
+            return orbit
+        curvature, mixing = torch.linalg.eigh(orbit.T @ h @ orbit)
+        flat = curvature.abs() <= self.settings.gauge_rcond * float(torch.linalg.matrix_norm(h, ord=2))
+        return orbit @ mixing[:, flat]
+
     def _solve(self, problem: InfluenceProblem, b: TensorDict, info: SolveInfo) -> TensorDict:
         h = self.dense_curvature(problem, info)
         h = h + problem.damping * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+        gauge = self.flat_orbit_directions(problem, h)
+        info.extra["gauge_directions"] = int(gauge.shape[1])
+        if gauge.shape[1]:
+            projector = torch.eye(h.shape[0], dtype=h.dtype, device=h.device) - gauge @ gauge.T
+            h = projector @ h @ projector
+        eigenvalues, eigenvectors = torch.linalg.eigh(h)
+        on_orbit = (gauge.T @ eigenvectors).pow(2).sum(0) > 0.5  # the k exact zeros the projection put there
+        eigenvalues, eigenvectors = eigenvalues[~on_orbit], eigenvectors[:, ~on_orbit]
         if self.settings.report_eigenvalues:
-            eig = torch.linalg.eigvalsh(h)
-            info.extra["min_eigenvalue"] = float(eig[0])
-            info.extra["max_eigenvalue"] = float(eig[-1])
-            if eig[0] <= 0:
+            info.extra["min_eigenvalue"] = float(eigenvalues[0])
+            info.extra["max_eigenvalue"] = float(eigenvalues[-1])
+            if eigenvalues[0] <= 0:
                 warnings.warn(
-                    f"exact solver: H_λ is not positive definite (smallest eigenvalue {float(eig[0]):.3g}); Δ is a "
-                    "stationary point of the QP, not its minimum; increase damping",
+                    f"exact solver: H_λ is not positive definite (smallest eigenvalue {float(eigenvalues[0]):.3g}); Δ is "
+                    "a stationary point of the QP, not its minimum; increase damping",
                     stacklevel=3,
                 )
+        if float(eigenvalues.abs().min()) <= 1e-12 * max(float(eigenvalues.abs().max()), 1e-300):
+            raise RuntimeError("exact solver: H_λ is singular; use damping > 0")
         flat_b = flatten(b).to(torch.float64)
-        try:
-            x = torch.linalg.solve(h, flat_b)
-        except RuntimeError as err:  # singular
-            raise RuntimeError(f"exact solver: H_λ is singular ({err}); use damping > 0") from err
-        return unflatten(x, b)
+        return unflatten(eigenvectors @ ((eigenvectors.T @ flat_b) / eigenvalues), b)
 
 
 def _func_batch_hessian(module: nn.Module, params: Mapping[str, nn.Parameter], batch: Any) -> tuple[torch.Tensor, int]:
