@@ -16,7 +16,7 @@ from typing import Any, Literal
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from lit_eraser.io import atomic_directory, directory_checksums
+from lit_eraser.io import atomic_directory, check_disjoint, check_replaceable, directory_checksums
 from lit_eraser.unlearning.eraser import UnlearnSettings, UnlearnUpdate, apply_delta, compute_update
 from lit_eraser.unlearning.evaluate import evaluate
 from lit_eraser.unlearning.requests import UnlearningRequest, read_requests, validate_requests
@@ -120,14 +120,15 @@ class UnlearnCallback(Callback):
         else:
             validate_requests(requests, datamodule.row_by_id(), datamodule.kind, getattr(datamodule, "num_items", None) or None)
         target = Path(output_dir) if output_dir is not None else self.output_dir
-        if target is not None and target.exists() and not self.overwrite:
-            raise FileExistsError(f"{target} already exists; choose another output_dir or set overwrite")
+        if target is not None:
+            check_disjoint(target, {"source adapter": self.source_adapter})
+            check_replaceable(target, self.overwrite)
         update = compute_update(module, list(datamodule.train_rows), requests, self.settings)
         apply_delta(module, update.delta)
         module.eval()
         metrics = evaluate(module, datamodule, self.evaluate_split) if self.evaluate_split else {}
         if target is not None:
-            with atomic_directory(target, overwrite=self.overwrite) as tmp:
+            with atomic_directory(target, overwrite=self.overwrite, marked=True) as tmp:
                 module.save_run(tmp)
                 write_ledger(tmp / LEDGER, list(requests), update, directory_checksums(tmp), self.source_adapter)
         return UnlearnOutcome(update=update, metrics=metrics, output_dir=target)

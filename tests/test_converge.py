@@ -126,7 +126,7 @@ def test_converge_with_a_given_adapter_is_refused(tmp_path: Path) -> None:
     from lit_eraser.unlearning.experiment import ExperimentPlan
 
     with pytest.raises(ValueError, match="--converge finishes the adapter this run trains"):
-        ExperimentPlan(output_dir=tmp_path / "out", adapter=tmp_path, corruption=CorruptionSpec(), converge=ConvergeSettings())
+        ExperimentPlan(output_dir=tmp_path / "out", adapter=tmp_path / "adapter", corruption=CorruptionSpec(), converge=ConvergeSettings())
 
 
 def test_exact_step_leaves_the_lora_rotation_orbit_alone(converged) -> None:

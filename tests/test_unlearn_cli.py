@@ -26,7 +26,7 @@ TINY = [
 ]
 CG = [
     "--unlearn.solver", "CGSettings", "--unlearn.solver.max_iter", "4", "--unlearn.solver.num_batches", "2",
-    "--unlearn.damping", "0.01", "--unlearn.residual_rows", "16",
+    "--unlearn.damping", "10.0", "--unlearn.residual_rows", "16",
 ]
 
 
@@ -85,7 +85,7 @@ def test_unlearn_writes_report_adapters_and_ledger(adapter_run: Path, train_rows
         assert {"metrics", "seconds", "peak_memory_mib"} <= set(entry)
         assert 0.0 <= entry["metrics"]["test/hr1_rank"] <= 1.0
     assert saved["solver"]["name"] == "cg" and saved["solver"]["hvp_calls"] > 0
-    assert saved["solver"]["damping"] == pytest.approx(0.01)
+    assert saved["solver"]["damping"] == pytest.approx(10.0)
     assert math.isfinite(saved["solver"]["relative_residual"]) and saved["solver"]["relative_residual"] > 0
     assert saved == json.loads(json.dumps(report))
 

@@ -53,6 +53,10 @@ class UnlearnSettings:
         residual_rows: Training rows (a fixed seeded sample) on which the relative residual is measured.
         renormalize: For instance removal, divide b by n − |S| instead of n (second-order difference).
         seed: Seed of the batch order and the residual sample.
+        max_relative_residual: Refuse an update whose relative residual ‖H_λΔ − b‖/‖b‖ is above this (Δ = 0
+            scores exactly 1, so the default refuses a solve that did worse than doing nothing: diverged, or
+            stopped on non-positive curvature). A non-finite Δ or θ̂ + Δ is always refused.
+        accept_unconverged: Write an update above ``max_relative_residual`` anyway (it is flagged in the report).
     """
 
     solver: AnySolverSettings = field(default_factory=QPSettings)
@@ -63,10 +67,14 @@ class UnlearnSettings:
     residual_rows: int = 64
     renormalize: bool = False
     seed: int = 0
+    max_relative_residual: float = 1.0
+    accept_unconverged: bool = False
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.damping) and self.damping >= 0):
             raise ValueError(f"unlearn.damping must be a finite number >= 0, got {self.damping}")
+        if not self.max_relative_residual > 0:
+            raise ValueError(f"unlearn.max_relative_residual must be > 0, got {self.max_relative_residual}")
         for key in ("batch_size", "rhs_batch_size", "residual_rows"):
             if getattr(self, key) < 1:
                 raise ValueError(f"unlearn.{key} must be >= 1, got {getattr(self, key)}")
@@ -77,6 +85,10 @@ class UnlearnSettings:
         out = {k: v for k, v in asdict(self).items() if k != "solver"}
         out["solver"] = {"name": solver_name(self.solver), **asdict(self.solver)}
         return out
+
+
+class UnusableUpdateError(ValueError):
+    """The solve produced an update that must not be written (non-finite, or not converged)."""
 
 
 @dataclass
@@ -92,9 +104,39 @@ class UnlearnUpdate:
     cost: PhaseCost
     settings: UnlearnSettings
 
+    def check_usable(self, theta: Mapping[str, torch.Tensor]) -> None:
+        """Refuse a non-finite Δ or θ̂ + Δ always, and a residual above the ceiling unless accepted.
+
+        Raises:
+            UnusableUpdateError: with what was measured and what to change.
+        """
+        bad = [name for name, value in self.delta.items() if not torch.isfinite(theta[name] + value.to(theta[name])).all()]
+        if bad:
+            raise UnusableUpdateError(
+                f"unlearning refused: non-finite values in {len(bad)} tensor(s) of θ̂ + Δ (first: {bad[0]}); "
+                f"‖b‖ = {self.b_norm:.3g}, relative residual {self.info.relative_residual:.3g}. A non-finite input adapter, "
+                "or a diverged solver (lower the solver's lr or scale, raise --unlearn.damping)"
+            )
+        residual = float(self.info.relative_residual)
+        ceiling = self.settings.max_relative_residual
+        if not math.isfinite(residual) or (residual > ceiling and not self.settings.accept_unconverged):
+            raise UnusableUpdateError(
+                f"unlearning refused: relative residual {residual:.3g} > --unlearn.max_relative_residual {ceiling:g} "
+                f"after {self.info.hvp_calls} HVPs (Δ = 0 scores 1; ‖Δ‖ = {self.delta_norm:.3g}): the solve diverged or did "
+                "not converge. Lower --unlearn.solver.lr, raise --unlearn.damping or the iteration budget, or pass "
+                "--unlearn.accept_unconverged true to write it anyway"
+            )
+
+    @property
+    def converged(self) -> bool:
+        """Whether the residual is within the ceiling (an accepted update above it is flagged in the report)."""
+        residual = float(self.info.relative_residual)
+        return math.isfinite(residual) and residual <= self.settings.max_relative_residual
+
     def solver_block(self) -> dict[str, Any]:
         """report.json's ``solver`` block."""
         return {
+            "within_residual_ceiling": self.converged,
             "name": self.info.solver,
             "hvp_calls": int(self.info.hvp_calls),
             "relative_residual": float(self.info.relative_residual),
@@ -157,7 +199,7 @@ def compute_update(
             residual_batches=residual_batches,
         )
         delta, info = solve(problem, b, solver_name(settings.solver), settings.solver)
-    return UnlearnUpdate(
+    update = UnlearnUpdate(
         delta={k: v.detach().clone() for k, v in delta.items()},
         info=info,
         b_norm=tnorm(b),
@@ -167,6 +209,8 @@ def compute_update(
         cost=meter.cost,
         settings=settings,
     )
+    update.check_usable({name: value.detach() for name, value in params.items()})
+    return update
 
 
 @torch.no_grad()

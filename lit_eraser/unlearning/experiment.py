@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -25,7 +26,15 @@ from lit_eraser.baselines import BASELINES, BaselineContext, ShardEnsemble, fit_
 from lit_eraser.baselines.sisa import shard_of_users
 from lit_eraser.influence import cosine
 from lit_eraser.influence._utils import tadd
-from lit_eraser.io import atomic_directory, directory_checksums, write_json
+from lit_eraser.io import (
+    atomic_directory,
+    check_disjoint,
+    check_replaceable,
+    directory_checksums,
+    output_lock,
+    strict_json,
+    write_json,
+)
 from lit_eraser.models.base import RecommenderModule
 from lit_eraser.models.converge import ConvergeSettings, converge
 from lit_eraser.profiling import PhaseMeter
@@ -63,6 +72,7 @@ class ExperimentPlan:
     overwrite: bool = False
     eval_split: str = "test"
     converge: ConvergeSettings | None = None
+    seed: int | bool | None = None
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.baselines if name not in BASELINES]
@@ -72,8 +82,8 @@ class ExperimentPlan:
             raise ValueError(f"sisa_shards must be >= 1, got {self.sisa_shards}")
         if (self.requests is None) == (self.corruption is None):
             raise ValueError("give exactly one of --requests (a JSONL file) or --corruption (a seeded experiment)")
-        if self.output_dir.exists() and not self.overwrite:
-            raise FileExistsError(f"{self.output_dir} already exists; choose another --output_dir or pass --overwrite true")
+        check_disjoint(self.output_dir, {"adapter run directory (--adapter)": self.adapter, "cache (--cache_dir)": self.cache_dir})
+        check_replaceable(self.output_dir, self.overwrite)
         if self.converge is not None and self.adapter is not None:
             raise ValueError(
                 "--converge finishes the adapter this run trains; a given --adapter is unlearned as it is (drop one)"
@@ -86,6 +96,40 @@ class ExperimentPlan:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+def software_versions() -> dict[str, str]:
+    """Versions that change what training produces (part of the cache key of trained originals)."""
+    import lightning
+    import peft
+    import transformers
+
+    from lit_eraser import __version__
+
+    return {"lit_eraser": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "lightning": lightning.__version__}
+
+
+def read_cache_entry(run_dir: Path) -> dict[str, Any] | None:
+    """The cost record of a usable cached original, or ``None`` (absent, or damaged: then removed with a warning
+    so that it is rebuilt instead of blocking every later run)."""
+    if not run_dir.exists():
+        return None
+    try:
+        cost = json.loads((run_dir / "cost.json").read_text())
+        if not isinstance(cost, dict):
+            raise ValueError("cost.json is not an object")
+        RecommenderModule.load(run_dir)  # validates files, checksums and tokenizer
+        return cost
+    except Exception as error:  # noqa: BLE001 - any damage means: rebuild
+        rank_zero_warn(f"cached original {run_dir} is unusable ({type(error).__name__}: {error}); rebuilding it")
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return None
+
+
+def as_number(value: Any) -> float:
+    """A report number: ``None`` (a non-finite value written as JSON null) reads back as NaN."""
+    return float("nan") if value is None else float(value)
+
+
 def config_hash(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -170,39 +214,56 @@ class UnlearningExperiment:
                 "data": self.data_config,
                 "trainer": {k: v for k, v in self.trainer_kwargs.items() if isinstance(v, (int, float, str, bool, type(None)))},
                 "corruption": asdict(self.plan.corruption) if self.plan.corruption else str(self.plan.requests),
+                "seed_everything": self.plan.seed,
+                "versions": software_versions(),
                 **({"converge": asdict(self.plan.converge)} if self.plan.converge else {}),
             }
         )
         run_dir = self.plan.cache_dir / f"original-{key}"
-        if (run_dir / "adapter").is_dir():
-            return run_dir, json.loads((run_dir / "cost.json").read_text())
-        # Tokenizer, item encoder and tiny base are built (or read from their caches) outside the timed fit:
-        # the training seconds that unlearning is compared with are the adapter's own.
-        with PhaseMeter() as build:
-            self.model.build(self.datamodule)
-        cost = fit_on_rows(self.model, self.datamodule, None, self.trainer_kwargs)
-        extra: dict[str, Any] = {}
-        if self.plan.converge is not None:  # the L-BFGS finish is part of training θ̂ and of its seconds
-            finish = converge(self.model, list(self.datamodule.train_rows), self.plan.converge)
-            extra = {"minibatch_fit_seconds": cost.seconds, "converge": finish.as_dict()}
-            cost = cost.plus(finish.cost)
-        with atomic_directory(run_dir, overwrite=True) as tmp:
-            self.model.save_run(tmp)
-            write_json(
-                tmp / "cost.json",
-                {"fit_seconds": cost.seconds, "build_seconds": build.cost.seconds, **cost.as_dict(), **extra},
-            )
-        return run_dir, json.loads((run_dir / "cost.json").read_text())
+        with output_lock(run_dir, wait=True):  # a concurrent run training the same original: wait, then reuse it
+            cached = read_cache_entry(run_dir)
+            if cached is not None:
+                return run_dir, {**cached, "cached": True}
+            # Tokenizer, item encoder and tiny base are built (or read from their caches) outside the timed fit:
+            # the training seconds that unlearning is compared with are the adapter's own.
+            with PhaseMeter() as build:
+                self.model.build(self.datamodule)
+            cost = fit_on_rows(self.model, self.datamodule, None, self.trainer_kwargs)
+            extra: dict[str, Any] = {}
+            if self.plan.converge is not None:  # the L-BFGS finish is part of training θ̂ and of its seconds
+                finish = converge(self.model, list(self.datamodule.train_rows), self.plan.converge)
+                extra = {"minibatch_fit_seconds": cost.seconds, "converge": finish.as_dict()}
+                cost = cost.plus(finish.cost)
+            non_finite = [n for n, v in self.model.adapter_parameters().items() if not torch.isfinite(v).all()]
+            if non_finite:
+                raise ValueError(
+                    f"training the original adapter diverged: non-finite values in {non_finite[0]} (and {len(non_finite) - 1} "
+                    "more); lower --model.init_args.lr"
+                )
+            with atomic_directory(run_dir, overwrite=True, marked=True) as tmp:
+                self.model.save_run(tmp)
+                write_json(
+                    tmp / "cost.json",
+                    {"fit_seconds": cost.seconds, "build_seconds": build.cost.seconds, **cost.as_dict(), **extra},
+                )
+            return run_dir, {**json.loads((run_dir / "cost.json").read_text()), "cached": False}
 
     # -- the experiment -------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """The whole experiment, holding the lock of ``output_dir`` from the first step to the final rename: a
+        second run aimed at the same directory fails at once instead of silently replacing this one's result."""
+        with output_lock(self.plan.output_dir):
+            check_replaceable(self.plan.output_dir, self.plan.overwrite)
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         train_rows, requests, clean_rows = self.prepare_requests()
         if "sisa" in self.plan.baselines:  # too many shards for the users: fail before any training
             shard_of_users(train_rows, self.plan.sisa_shards, BaselineContext.sisa_seed)
         original_dir, original_cost = self.original_run()
         split = self.plan.eval_split
         dm = self.datamodule
-        with atomic_directory(self.plan.output_dir, overwrite=self.plan.overwrite) as out:
+        with atomic_directory(self.plan.output_dir, overwrite=self.plan.overwrite, marked=True) as out:
             methods: dict[str, dict[str, Any]] = {}
             states: dict[str, dict[str, torch.Tensor]] = {}
 
@@ -210,11 +271,12 @@ class UnlearningExperiment:
             theta_hat = module.adapter_state()
             methods["original"] = {
                 "metrics": evaluate(module, dm, split),
-                "seconds": float(original_cost.get("fit_seconds", original_cost.get("seconds", float("nan")))),
-                "peak_memory_mib": float(original_cost.get("peak_memory_mib", float("nan"))),
-                "peak_memory_delta_mib": float(original_cost.get("peak_memory_delta_mib", float("nan"))),
-                "build_seconds": float(original_cost.get("build_seconds", float("nan"))),
+                "seconds": as_number(original_cost.get("fit_seconds", original_cost.get("seconds"))),
+                "peak_memory_mib": as_number(original_cost.get("peak_memory_mib")),
+                "peak_memory_delta_mib": as_number(original_cost.get("peak_memory_delta_mib")),
+                "build_seconds": as_number(original_cost.get("build_seconds")),
                 "source": str(original_dir),
+                "cached": bool(original_cost.get("cached", False)),
                 **({k: original_cost[k] for k in ("minibatch_fit_seconds", "converge") if k in original_cost}),
             }
             states["original"] = theta_hat
@@ -226,6 +288,7 @@ class UnlearningExperiment:
                 "metrics": evaluate(module, dm, split),
                 **update.cost.as_dict(),
                 "train_seconds_ratio": update.cost.seconds / methods["original"]["seconds"],
+                "within_residual_ceiling": update.converged,
             }
             states["llmeraser"] = module.adapter_state()
             eraser_dir = out / "adapters" / "llmeraser"
@@ -247,6 +310,12 @@ class UnlearningExperiment:
             )
             for name in self.plan.baselines:
                 baseline, cost = BASELINES[name](context)
+                members = baseline.members if isinstance(baseline, ShardEnsemble) else [baseline]
+                if not all(torch.isfinite(v).all() for m in members for v in m.adapter_state().values()):
+                    # e.g. gradient ascent run away: reported as such, never written as an adapter
+                    rank_zero_warn(f"baseline {name} produced non-finite adapter weights; it is reported, not saved")
+                    methods[name] = {"metrics": {}, "non_finite_adapter": True, **cost.as_dict()}
+                    continue
                 if isinstance(baseline, ShardEnsemble):  # no single θ: no fidelity entry, its own evaluation
                     methods[name] = {"metrics": baseline.evaluate(dm, split), **cost.as_dict(), **baseline.info}
                 else:
@@ -280,6 +349,7 @@ class UnlearningExperiment:
                 },
                 "original_adapter": str(original_dir),
             }
+            report = strict_json(report)  # what is written is what is returned: null, not NaN
             write_json(out / "report.json", report)
         self.log(report)
         return report
@@ -310,8 +380,8 @@ class UnlearningExperiment:
             "solver": update.solver_block(),
             "fidelity": self.fidelity(module, states, requests, train_rows, control),
             "cost": {
-                "unlearn_over_train_seconds": entry["seconds"] / original["seconds"],
-                "unlearn_over_train_peak_memory": entry["peak_memory_mib"] / original["peak_memory_mib"],
+                "unlearn_over_train_seconds": entry["seconds"] / as_number(original["seconds"]),
+                "unlearn_over_train_peak_memory": entry["peak_memory_mib"] / as_number(original["peak_memory_mib"]),
             },
         }
 
