@@ -207,3 +207,17 @@ def test_outputs_respect_the_umask(tmp_path: Path) -> None:
         os.umask(old)
     assert (tmp_path / "exp").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "exp" / "report.json").stat().st_mode & 0o777 == 0o644
+
+
+# ----------------------------------------------------------------------------------------------- truncated edit
+def test_an_edit_the_prompt_limit_would_truncate_is_refused_by_unlearn(adapter_run: Path, train_rows: dict, tmp_path: Path, capsys) -> None:
+    ids = sorted(train_rows)
+    row = train_rows[ids[1]]
+    outside = [i for i in range(96) if i not in row["candidates"] and i not in row["history"]]
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text(json.dumps({"task": "QM", "id": ids[1], "history": outside[:40]}) + "\n")
+    with pytest.raises(SystemExit) as exit_info:
+        unlearn_main(unlearn_args(adapter_run, requests, tmp_path / "exp"))
+    assert exit_info.value.code == 2
+    assert "history items" in capsys.readouterr().err
+    assert not (tmp_path / "exp").exists()

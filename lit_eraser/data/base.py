@@ -50,6 +50,76 @@ BINARY_FEATURES = datasets.Features(
 #: Salts that make the train/val/test subsets independent streams of one seed.
 _SUBSET_SALT = {"train": 0, "val": 1, "test": 2}
 
+# ------------------------------------------------------------------------------------------------- input limits
+#: Longest item title / item name (characters) a data file, a datamodule or an edit request may hold. The real
+#: data stay far below it (LastFM 47, MovieLens 81, Book-Crossing 255); a longer "title" is a wrong or damaged
+#: file, and one of megabytes would stall the tokenizer's BPE training for hours.
+MAX_TITLE_CHARS = 1000
+
+#: Largest data file (bytes) read into memory (``u.item``, ``id2name.txt``, the TALLRec ``*.json`` files, the
+#: LastFM ``*.df`` pickles). The real files are under 3 MB; checksums do not bound anything when they are off.
+MAX_DATA_FILE_BYTES = 256 * 2**20
+
+
+class DataLimitError(ValueError):
+    """A data file, or a value in it, exceeds one of the size limits above (the file is wrong or damaged)."""
+
+    hint = "check that --data.data_dir holds the dataset's own files (and keep --data.verify_checksums true)"
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB" if n >= 2**20 else f"{n:,} bytes"
+
+
+def read_limited_bytes(path: str | os.PathLike[str], max_bytes: int | None = None, what: str = "data file") -> bytes:
+    """The bytes of ``path``, refusing a directory and anything larger than ``max_bytes`` (default
+    :data:`MAX_DATA_FILE_BYTES`). Never reads more than ``max_bytes + 1`` bytes, so a device such as
+    ``/dev/zero`` or an endless pipe is refused instead of filling the memory.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        DataLimitError: ``path`` is a directory or larger than the limit.
+    """
+    limit = MAX_DATA_FILE_BYTES if max_bytes is None else int(max_bytes)
+    path = Path(path)
+    if path.is_dir():
+        raise DataLimitError(f"{path} is a directory, not a {what}")
+    with open(path, "rb") as fh:
+        try:
+            size = os.fstat(fh.fileno()).st_size
+        except OSError:  # pragma: no cover - fstat on an open file does not fail in practice
+            size = 0
+        if size > limit:
+            raise DataLimitError(f"{path}: {_mib(size)} is larger than the {_mib(limit)} a {what} may have")
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise DataLimitError(f"{path}: more than the {_mib(limit)} a {what} may have (is it a device or a pipe?)")
+    return data
+
+
+def read_limited_text(
+    path: str | os.PathLike[str], encoding: str = "utf-8", max_bytes: int | None = None, what: str = "data file"
+) -> str:
+    """:func:`read_limited_bytes` decoded with ``encoding``, newlines translated as ``open`` does (universal)."""
+    data = read_limited_bytes(path, max_bytes, what)
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not valid {encoding} ({err.reason} at byte {err.start})") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def check_title(title: str, where: str, max_chars: int | None = None) -> str:
+    """``title`` unchanged, or a :class:`DataLimitError` naming ``where`` if it is longer than
+    :data:`MAX_TITLE_CHARS` characters."""
+    limit = MAX_TITLE_CHARS if max_chars is None else int(max_chars)
+    if len(title) > limit:
+        raise DataLimitError(
+            f"{where}: an item title/name of {len(title):,} characters (starting {title[:40]!r}); item titles and "
+            f"names may have at most {limit:,} characters"
+        )
+    return title
+
 
 def collate_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Keep a batch as a list of row dicts: the LightningModule encodes them (one encoder everywhere)."""
@@ -174,7 +244,18 @@ class RecDataModule(L.LightningDataModule):
         return len(self.item_titles)
 
     def text_corpus(self) -> Iterator[str]:
-        """Strings the tokenizer is trained on: item titles (sequential) or item names (binary)."""
+        """Strings the tokenizer is trained on: item titles (sequential) or item names (binary).
+
+        Raises:
+            DataLimitError: a title or name is longer than :data:`MAX_TITLE_CHARS` (BPE training on it would
+                stall); the file readers refuse such titles already, this also covers other datamodules.
+        """
+        for text in self._raw_text_corpus():
+            if isinstance(text, str) and len(text) > MAX_TITLE_CHARS:
+                check_title(text, f"{type(self).__name__} ({self.kind} rows)")
+            yield text
+
+    def _raw_text_corpus(self) -> Iterator[str]:
         if self.kind == "sequential":
             yield from self.item_titles
             return

@@ -35,10 +35,20 @@ from typing import Any
 
 import numpy as np
 
-from lit_eraser.data.base import BINARY_FEATURES, FileDataModule, rows_to_dataset, select_columns
+from lit_eraser.data.base import (
+    BINARY_FEATURES,
+    DataLimitError,
+    FileDataModule,
+    check_title,
+    read_limited_text,
+    rows_to_dataset,
+    select_columns,
+)
 from lit_eraser.data.download import BOOKCROSSING
 
 TEST_ID_OFFSET = 100_000
+#: Longest ``input`` of one record (characters); the real ones have at most 1,296. Checked before the regexes run.
+MAX_INPUT_CHARS = 16_000
 
 #: One item: ``"Title" written by Author``, the author running up to the next ``, "`` or the end.
 ITEM = re.compile(r'"(?P<title>.*?)" written by (?P<author>.*?)(?=, "|\Z)', re.S)
@@ -61,8 +71,22 @@ def parse_items(text: str) -> list[str]:
 
 
 def parse_prompt(record: dict[str, Any]) -> tuple[list[str], list[str], str, int]:
-    """``(liked, disliked, target, label)`` of one TALLRec record."""
-    match = PROMPT.match(record["input"])
+    """``(liked, disliked, target, label)`` of one TALLRec record.
+
+    An ``input`` longer than :data:`MAX_INPUT_CHARS` or an item longer than
+    :data:`~lit_eraser.data.base.MAX_TITLE_CHARS` characters is refused (:class:`DataLimitError`).
+    """
+    if not isinstance(record, dict):
+        raise ValueError(f"expected an object with 'input' and 'output', got {type(record).__name__}")
+    text = record["input"]
+    if not isinstance(text, str):
+        raise ValueError(f"'input' must be a string, got {type(text).__name__}")
+    if len(text) > MAX_INPUT_CHARS:
+        raise DataLimitError(
+            f"an input of {len(text):,} characters (starting {text[:40]!r}); a TALLRec prompt may have at most "
+            f"{MAX_INPUT_CHARS:,}"
+        )
+    match = PROMPT.match(text)
     if match is None:
         raise ValueError(f"input is not a TALLRec book prompt: {record['input'][:200]!r}")
     target = match["target"]
@@ -71,16 +95,22 @@ def parse_prompt(record: dict[str, Any]) -> tuple[list[str], list[str], str, int
     output = record["output"].strip()
     if output not in ("Yes.", "No."):
         raise ValueError(f"output must be 'Yes.' or 'No.', got {record['output']!r}")
-    return parse_items(match["liked"]), parse_items(match["disliked"]), target, int(output == "Yes.")
+    liked, disliked = parse_items(match["liked"]), parse_items(match["disliked"])
+    for item in (*liked, *disliked, target):
+        check_title(item, "input")
+    return liked, disliked, target, int(output == "Yes.")
 
 
-def read_prompts(path: str | Path, id_offset: int = 0) -> dict[str, list[Any]]:
-    """Rows (as columns) of a TALLRec ``*.json`` file; ``id = id_offset + index``, ``user = id``."""
-    with open(path, encoding="utf-8") as fh:
-        try:
-            records = json.load(fh)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+def read_prompts(path: str | Path, id_offset: int = 0, max_bytes: int | None = None) -> dict[str, list[Any]]:
+    """Rows (as columns) of a TALLRec ``*.json`` file; ``id = id_offset + index``, ``user = id``. The file may
+    hold at most ``max_bytes`` (default :data:`~lit_eraser.data.base.MAX_DATA_FILE_BYTES`)."""
+    text = read_limited_text(path, "utf-8", max_bytes, what="prompt file")
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not a TALLRec prompt file (JSON nested too deeply)") from None
     if not isinstance(records, list):
         raise ValueError(f"{path}: expected a JSON list of prompts")
     columns: dict[str, list[Any]] = {k: [] for k in ("id", "user", "liked", "disliked", "target", "label")}
@@ -88,7 +118,8 @@ def read_prompts(path: str | Path, id_offset: int = 0) -> dict[str, list[Any]]:
         try:
             liked, disliked, target, label = parse_prompt(record)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"{path}: row {index}: {exc}") from None
+            kind = DataLimitError if isinstance(exc, DataLimitError) else ValueError
+            raise kind(f"{path}: row {index}: {exc}") from None
         row_id = id_offset + index
         for key, value in zip(columns, (row_id, row_id, liked, disliked, target, label)):
             columns[key].append(value)

@@ -22,7 +22,9 @@ How the rows are built (decisions; the LLaRA code is the reference):
   ``200_000 + index`` in their files.
 * Candidates: :func:`lit_eraser.data.candidates.draw_candidates` keyed by ``(seed, id)``, 20 items
   including the target, none in the history (no history on the real data contains its target).
-* Titles: ``id2name.txt`` (UTF-8), name stripped, index = item id.
+* Titles: ``id2name.txt`` (UTF-8), name stripped, index = item id; a name longer than
+  :data:`~lit_eraser.data.base.MAX_TITLE_CHARS` characters (or a file over
+  :data:`~lit_eraser.data.base.MAX_DATA_FILE_BYTES`) is refused.
 
 Building the full data set takes a few seconds (the candidates dominate); with ``max_train_rows`` only
 the kept rows get candidates.
@@ -30,10 +32,21 @@ the kept rows get candidates.
 
 from __future__ import annotations
 
+import io
+import numbers
 from pathlib import Path
 from typing import Any
 
-from lit_eraser.data.base import SEQUENTIAL_FEATURES, FileDataModule, rows_to_dataset, select_columns
+import numpy as np
+
+from lit_eraser.data.base import (
+    SEQUENTIAL_FEATURES,
+    FileDataModule,
+    check_title,
+    read_limited_text,
+    rows_to_dataset,
+    select_columns,
+)
 from lit_eraser.data.candidates import draw_candidates
 from lit_eraser.data.download import LASTFM
 from lit_eraser.data.safe_pickle import read_dataframe_pickle
@@ -41,38 +54,81 @@ from lit_eraser.data.safe_pickle import read_dataframe_pickle
 VAL_ID_OFFSET = 100_000
 TEST_ID_OFFSET = 200_000
 SPLIT_FILES = {"train": "train_data.df", "val": "Val_data.df", "test": "Test_data.df"}
+_MAX_ID_DIGITS = 12
 
 
-def read_id2name(path: str | Path) -> list[str]:
-    """Titles by item id from ``id::name`` lines; ids must be exactly 0..n-1."""
+def read_id2name(path: str | Path, max_bytes: int | None = None) -> list[str]:
+    """Titles by item id from ``id::name`` lines; ids must be exactly 0..n-1.
+
+    The file may hold at most ``max_bytes`` (default :data:`~lit_eraser.data.base.MAX_DATA_FILE_BYTES`) and a
+    name at most :data:`~lit_eraser.data.base.MAX_TITLE_CHARS` characters (:class:`DataLimitError` otherwise).
+    """
     titles: dict[int, str] = {}
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            line = line.rstrip("\n")
-            if not line:
-                continue
-            key, sep, name = line.partition("::")
-            if not sep or not key.strip().isdigit():
-                raise ValueError(f"{path}:{lineno}: expected 'id::name', got {line!r}")
-            titles[int(key)] = name.strip()
+    text = read_limited_text(path, "utf-8", max_bytes, what="title file")
+    for lineno, line in enumerate(io.StringIO(text), 1):
+        line = line.rstrip("\n")
+        if not line:
+            continue
+        key, sep, name = line.partition("::")
+        key = key.strip()
+        if not sep or not (key.isascii() and key.isdigit()) or len(key) > _MAX_ID_DIGITS:
+            raise ValueError(f"{path}:{lineno}: expected 'id::name', got {line[:80]!r}")
+        titles[int(key)] = check_title(name.strip(), f"{path}:{lineno}")
     if sorted(titles) != list(range(len(titles))):
         raise ValueError(f"{path}: item ids are not exactly 0..{len(titles) - 1}")
     return [titles[i] for i in range(len(titles))]
 
 
+def _ints(values: Any, what: str) -> list[int]:
+    """``values`` (a list or 1-D array of integers) as ints; ValueError if it is anything else."""
+    if type(values) is list and all(type(v) is int for v in values):  # the common case, fast
+        return values
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+        raise ValueError(f"{what} must be a list of item ids, got {type(values).__name__}")
+    if isinstance(values, np.ndarray) and values.ndim != 1:
+        raise ValueError(f"{what} must be one-dimensional, got shape {values.shape}")
+    return [_int(v, what) for v in values]
+
+
+def _int(value: Any, what: str) -> int:
+    if type(value) is int:
+        return value
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, np.integer, float, np.floating)):
+        raise ValueError(f"{what} must hold integers, got {type(value).__name__} {str(value)[:40]!r}")
+    if isinstance(value, (float, np.floating)) and not float(value).is_integer():
+        raise ValueError(f"{what} must hold integers, got {value!r}")
+    return int(value)
+
+
 def read_sessions(path: str | Path, padding: int) -> tuple[list[list[int]], list[int], list[int]]:
-    """``(histories, len_seqs, targets)`` of a LLaRA ``*.df`` file, padding removed, all rows in file order."""
+    """``(histories, len_seqs, targets)`` of a LLaRA ``*.df`` file, padding removed, all rows in file order.
+
+    Raises ``ValueError`` naming the file and row for cells of the wrong type or shape (a ``seq`` that is not
+    a 1-D list of item ids, a non-integer ``len_seq``/``next``) or item ids out of range.
+    """
     frame = read_dataframe_pickle(path)
     missing = {"seq", "len_seq", "next"} - set(frame.columns)
     if missing:
         raise ValueError(f"{path}: missing column(s) {sorted(missing)}; found {list(frame.columns)}")
-    seqs = frame["seq"].tolist()
-    lens = [int(x) for x in frame["len_seq"].tolist()]
-    targets = [int(x) for x in frame["next"].tolist()]
-    histories = [[int(i) for i in seq[:n] if int(i) != padding] for seq, n in zip(seqs, lens)]
-    for row, (history, target) in enumerate(zip(histories, targets)):
+    histories: list[list[int]] = []
+    lens: list[int] = []
+    targets: list[int] = []
+    columns = zip(frame["seq"].tolist(), frame["len_seq"].tolist(), frame["next"].tolist())
+    for row, (seq, n, target) in enumerate(columns):
+        try:
+            seq = _ints(seq, "seq")
+            n = _int(n, "len_seq")
+            target = _int(target, "next")
+        except ValueError as err:
+            raise ValueError(f"{path}: row {row}: {err}") from None
+        if not 0 <= n <= len(seq):
+            raise ValueError(f"{path}: row {row}: len_seq {n} is outside 0..{len(seq)} (the length of its seq)")
+        history = [i for i in seq[:n] if i != padding]
         if not 0 <= target < padding or any(not 0 <= i < padding for i in history):
             raise ValueError(f"{path}: row {row} has an item id outside 0..{padding - 1}")
+        histories.append(history)
+        lens.append(n)
+        targets.append(target)
     return histories, lens, targets
 
 

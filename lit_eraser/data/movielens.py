@@ -36,6 +36,7 @@ split, so removing a user is a well-defined unlearning request and no test user 
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,8 @@ from lit_eraser.data.base import (
     BINARY_FEATURES,
     SEQUENTIAL_FEATURES,
     FileDataModule,
+    check_title,
+    read_limited_text,
     rows_to_dataset,
     select_columns,
 )
@@ -53,21 +56,27 @@ from lit_eraser.data.candidates import draw_candidates
 from lit_eraser.data.download import ML_100K
 
 ID_STRIDE = 1000
+_MAX_ID_DIGITS = 12
 _YEAR = re.compile(r"\s*\(\d{4}\)\s*$")
 _TRAILING_ARTICLE = re.compile(r"^(?P<rest>.*), (?P<article>The|A|An)$")
 
 
-def read_u_item(path: str | Path) -> list[str]:
-    """Raw ``u.item`` titles by item id (``u.item id - 1``)."""
+def read_u_item(path: str | Path, max_bytes: int | None = None) -> list[str]:
+    """Raw ``u.item`` titles by item id (``u.item id - 1``).
+
+    The file may hold at most ``max_bytes`` (default :data:`~lit_eraser.data.base.MAX_DATA_FILE_BYTES`) and a
+    title at most :data:`~lit_eraser.data.base.MAX_TITLE_CHARS` characters (:class:`DataLimitError` otherwise).
+    """
     titles: dict[int, str] = {}
-    with open(path, encoding="ISO-8859-1") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            fields = line.rstrip("\n").split("|")
-            if len(fields) < 2 or not fields[0].isdigit():
-                raise ValueError(f"{path}:{lineno}: expected 'id|title|...', got {line[:80]!r}")
-            titles[int(fields[0]) - 1] = fields[1].strip()
+    text = read_limited_text(path, "ISO-8859-1", max_bytes, what="title file")
+    for lineno, line in enumerate(io.StringIO(text), 1):
+        if not line.strip():
+            continue
+        fields = line.rstrip("\n").split("|", 2)
+        key = fields[0]
+        if len(fields) < 2 or not (key.isascii() and key.isdigit()) or len(key) > _MAX_ID_DIGITS:
+            raise ValueError(f"{path}:{lineno}: expected 'id|title|...', got {line[:80]!r}")
+        titles[int(key) - 1] = check_title(fields[1].strip(), f"{path}:{lineno}")
     if sorted(titles) != list(range(len(titles))):
         raise ValueError(f"{path}: item ids are not exactly 1..{len(titles)}")
     return [titles[i] for i in range(len(titles))]
@@ -82,14 +91,20 @@ def llara_title(title: str) -> str:
     return title
 
 
-def read_u_data(path: str | Path, num_items: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Per user: ``(items, ratings)`` ordered by time, ties by item id (item ids 0-based)."""
+def read_u_data(
+    path: str | Path, num_items: int, max_bytes: int | None = None
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per user: ``(items, ratings)`` ordered by time, ties by item id (item ids 0-based); the file may hold at
+    most ``max_bytes`` (default :data:`~lit_eraser.data.base.MAX_DATA_FILE_BYTES`)."""
+    text = read_limited_text(path, "ISO-8859-1", max_bytes, what="ratings file")
     try:
-        raw = np.loadtxt(path, dtype=np.int64, delimiter="\t", ndmin=2)
-    except ValueError as exc:
-        raise ValueError(f"{path}: not 'user<TAB>item<TAB>rating<TAB>time' lines ({exc})") from None
-    if raw.shape[1] != 4:
-        raise ValueError(f"{path}: expected 4 tab-separated columns, found {raw.shape[1]}")
+        raw = np.loadtxt(io.StringIO(text), dtype=np.int64, delimiter="\t", ndmin=2)
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"{path}: not 'user<TAB>item<TAB>rating<TAB>time' lines ({str(exc)[:200]})") from None
+    if raw.ndim != 2 or raw.shape[1] != 4:
+        raise ValueError(f"{path}: expected 4 tab-separated columns, found shape {raw.shape}")
+    if raw.shape[0] == 0:
+        raise ValueError(f"{path}: holds no ratings")
     users, items, ratings, times = raw[:, 0], raw[:, 1] - 1, raw[:, 2], raw[:, 3]
     if items.min() < 0 or items.max() >= num_items:
         raise ValueError(f"{path}: item ids outside 1..{num_items}")

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from rich.progress import Progress
 from torch import nn
 
 from lit_eraser.models.backbone import fork_seed
@@ -192,7 +193,9 @@ def train_sasrec(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(steps, 1))))
     model.train()
     start = time.perf_counter()
-    with fork_seed(seed + 1):  # dropout masks
+    # a progress bar whenever progress is logged: SASRec on a full split takes minutes before its first epoch line
+    with fork_seed(seed + 1), Progress(transient=True, disable=log is None) as progress:  # dropout masks
+        bar = progress.add_task("training SASRec item encoder", total=steps)
         for epoch in range(settings.epochs):
             order = torch.randperm(len(labels), generator=generator)
             total, count = 0.0, 0
@@ -207,6 +210,7 @@ def train_sasrec(
                     model.item_embedding.weight[model.pad_id].zero_()
                 total += float(loss.detach()) * len(index)
                 count += len(index)
+                progress.advance(bar)
             if log is not None:
                 log(f"SASRec epoch {epoch + 1}/{settings.epochs}: loss {total / count:.4f} ({time.perf_counter() - start:.1f}s)")
     model.eval()

@@ -47,7 +47,9 @@ from lit_eraser.unlearning.requests import (
     build_pairs,
     read_requests,
     summarize_task,
+    validate_requests,
 )
+from lit_eraser.models.prompts import edit_prompt_check
 
 Row = Mapping[str, Any]
 #: Adapter directory of the paired fidelity reference (θ̂ warm-trained on its own rows); not a method.
@@ -183,6 +185,7 @@ class UnlearningExperiment:
         self.model_config = dict(model_config or {})
         self.data_config = dict(data_config or {})
         self.logger = logger
+        self.early_build_seconds = 0.0
 
     # -- inputs ---------------------------------------------------------------------------------------
     def prepare_requests(self) -> tuple[list[Row], list[UnlearningRequest], list[Row]]:
@@ -196,8 +199,21 @@ class UnlearningExperiment:
             corruption = self.plan.corruption.apply(rows, dm.kind, num_items)
             dm.set_train_rows(list(corruption.rows))
             return list(corruption.rows), list(corruption.requests), list(corruption.clean_rows)
-        requests = read_requests(self.plan.requests, {int(r["id"]): r for r in rows}, dm.kind, num_items)
+        rows_by_id = {int(r["id"]): r for r in rows}
+        requests = read_requests(self.plan.requests, rows_by_id, dm.kind, num_items)  # cheap checks first
+        # an edit the prompt limit would truncate is not the requested z′: refused here, before any training
+        validate_requests(requests, rows_by_id, dm.kind, num_items, fits=edit_prompt_check(self.request_encoder()))
         return rows, list(requests), apply_requests(rows, requests)
+
+    def request_encoder(self) -> RecommenderModule:
+        """The recommender whose prompt encoding the edits must fit: the given adapter's, or the one built here
+        (its build time is kept for the original's ``build_seconds``)."""
+        if self.plan.adapter is not None:
+            return RecommenderModule.load(self.plan.adapter)
+        with PhaseMeter() as build:
+            self.model.build(self.datamodule)
+        self.early_build_seconds = build.cost.seconds
+        return self.model
 
     def original_run(self) -> tuple[Path, dict[str, Any]]:
         """The run directory of θ̂ and its training cost: the given adapter, or one trained here and cached."""
@@ -227,7 +243,7 @@ class UnlearningExperiment:
             # Tokenizer, item encoder and tiny base are built (or read from their caches) outside the timed fit:
             # the training seconds that unlearning is compared with are the adapter's own.
             with PhaseMeter() as build:
-                self.model.build(self.datamodule)
+                self.model.build(self.datamodule)  # a no-op when request validation already built it
             cost = fit_on_rows(self.model, self.datamodule, None, self.trainer_kwargs)
             extra: dict[str, Any] = {}
             if self.plan.converge is not None:  # the L-BFGS finish is part of training θ̂ and of its seconds
@@ -244,7 +260,7 @@ class UnlearningExperiment:
                 self.model.save_run(tmp)
                 write_json(
                     tmp / "cost.json",
-                    {"fit_seconds": cost.seconds, "build_seconds": build.cost.seconds, **cost.as_dict(), **extra},
+                    {"fit_seconds": cost.seconds, "build_seconds": build.cost.seconds + self.early_build_seconds, **cost.as_dict(), **extra},
                 )
             return run_dir, {**json.loads((run_dir / "cost.json").read_text()), "cached": False}
 
@@ -429,24 +445,8 @@ class UnlearningExperiment:
         return {k: (v if math.isfinite(v) else float("nan")) for k, v in out.items()}
 
     def log(self, report: Mapping[str, Any]) -> None:
-        """Unlearned vs retrained metrics to the experiment logger (W&B by default)."""
-        if not self.logger:
-            return
-        flat: dict[str, float] = {}
-        for method, entry in report["methods"].items():
-            for key, value in entry["metrics"].items():
-                flat[f"{method}/{key}"] = value
-            flat[f"{method}/seconds"] = entry.get("seconds", float("nan"))
-            flat[f"{method}/peak_memory_mib"] = entry.get("peak_memory_mib", float("nan"))
-        flat.update({f"solver/{k}": v for k, v in report["solver"].items() if isinstance(v, (int, float))})
-        flat.update({f"fidelity/{k}": v for k, v in report["fidelity"].items()})
-        self.logger.log_metrics(flat)
-        table_logger = getattr(self.logger, "log_table", None)
-        if callable(table_logger):
-            metric_names = sorted({k for entry in report["methods"].values() for k in entry["metrics"]})
-            rows = [
-                [method] + [entry["metrics"].get(k, float("nan")) for k in metric_names] + [entry.get("seconds")]
-                for method, entry in report["methods"].items()
-            ]
-            table_logger(key="methods", columns=["method", *metric_names, "seconds"], data=rows)
-        self.logger.finalize("success")
+        """The finished report to the experiment logger (a W&B run inside ``output_dir`` by default); called after
+        ``output_dir`` has been renamed into place. See :mod:`lit_eraser.unlearning.report_logging`."""
+        from lit_eraser.unlearning.report_logging import log_report
+
+        log_report(self.logger, report, self.plan.output_dir)

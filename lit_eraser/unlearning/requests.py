@@ -23,7 +23,16 @@ Rules (``validate_requests`` checks all of them, for the whole file, before any 
 - An edit must change its row: a request whose edited fields all equal the row's current values is a no-op
   and is rejected.
 
-Every problem is reported at once, in one ``RequestError`` that lists each bad line with its reason.
+Every problem is reported at once, in one ``RequestError`` that lists each bad line with its reason (its
+message shows the first :data:`MAX_SHOWN_PROBLEMS` and counts the rest; ``problems`` holds them all).
+
+Limits (checked cheaply, before anything is tokenized): a request file may have at most
+:data:`MAX_REQUEST_FILE_BYTES` (never more is read, so ``/dev/zero`` or an endless pipe is refused), a line may
+nest JSON at most as deep as Python's recursion limit allows, an edited list at most :data:`MAX_EDIT_ITEMS`
+items and an item name at most :data:`~lit_eraser.data.base.MAX_TITLE_CHARS` characters. With a model at hand,
+``validate_requests(..., fits=...)`` also refuses an edit whose prompt the model would truncate to fit its
+``max_length`` (z' would not be the requested edit); :func:`lit_eraser.models.prompts.edit_prompt_check` makes
+that check for a built recommender.
 """
 
 from __future__ import annotations
@@ -32,11 +41,13 @@ import json
 import numbers
 import os
 import types
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from lit_eraser.data.base import MAX_TITLE_CHARS
 from lit_eraser.data.rows import BINARY_FIELDS, SEQUENTIAL_FIELDS, RowKind
 from lit_eraser.io import atomic_write_text
 
@@ -57,6 +68,35 @@ EDIT_FIELDS: dict[tuple[str, str], frozenset[str]] = {
 LABEL_TEXT = {"Yes.": 1, "No.": 0}
 """Binary response texts accepted in place of a 0/1 label."""
 
+MAX_REQUEST_FILE_BYTES = 64 * 2**20
+"""Largest request file (bytes); about a million requests. Never more than this is read."""
+
+MAX_EDIT_ITEMS = 1000
+"""Most items an edited list (``history``, ``liked``, ``disliked``) may hold."""
+
+MAX_SHOWN_PROBLEMS = 20
+"""Problems a ``RequestError`` message lists; the rest are counted (all are in ``RequestError.problems``)."""
+
+MAX_REASON_CHARS = 300
+"""Longest reason shown for one problem in a ``RequestError`` message (longer ones are cut, marked with ...)."""
+
+_BAD_ITEMS_SHOWN = 3
+
+FitsCheck = Callable[[Mapping[str, Any]], "bool | str | None"]
+"""``fits(z')``: whether the model encodes the edited row's prompt whole. ``True``/``None``: it does; ``False`` or a
+reason (str): it would be truncated, so the request is refused; a ``ValueError`` it raises is a reason too."""
+
+_TRUNCATED = (
+    "the edited prompt does not fit the model's max_length: the model would truncate it, so z' would not be the "
+    "requested edit; shorten the edit, or unlearn a model trained with a larger max_length"
+)
+
+
+class RequestFileError(ValueError):
+    """The request file itself cannot be read as one: a directory, a device, too large."""
+
+    hint = "--requests takes a JSONL file, one request per line (see lit_eraser/unlearning/requests.py)"
+
 
 class RequestError(ValueError):
     """One or more bad unlearning requests; ``problems`` lists ``(line, reason)`` for every one of them.
@@ -65,20 +105,41 @@ class RequestError(ValueError):
     in code.
     """
 
+    hint = "fix the listed requests; every problem of the file is reported at once"
+
     def __init__(self, problems: Sequence[tuple[int, str]], source: str | None = None) -> None:
         self.problems = sorted(problems, key=lambda p: p[0])
         self.source = source
         where = f"{source}: " if source else ""
         label = "line" if source else "request"
         count = len(self.problems)
-        lines = "\n".join(
-            f"  {label} {number}: {reason}" if number > 0 else f"  {reason}" for number, reason in self.problems
-        )
+        shown = [
+            f"  {label} {number}: {_clip(reason)}" if number > 0 else f"  {_clip(reason)}"
+            for number, reason in self.problems[:MAX_SHOWN_PROBLEMS]
+        ]
+        if count > MAX_SHOWN_PROBLEMS:
+            rest = count - MAX_SHOWN_PROBLEMS
+            bad = len({number for number, _ in self.problems[MAX_SHOWN_PROBLEMS:]})
+            shown.append(f"  ... and {rest:,} more problem{'s' if rest != 1 else ''} on {bad:,} more {label}s (not shown)")
         noun = "problem" if count == 1 else "problems"
-        super().__init__(f"{where}{count} {noun} in the unlearning requests; nothing was done:\n{lines}")
+        lines = "\n".join(shown)
+        super().__init__(f"{where}{count:,} {noun} in the unlearning requests; nothing was done:\n{lines}")
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.problems, self.source))
+
+
+def _clip(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters (an edit value may be megabytes or nest deeply)."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        text = f"<{type(value).__name__} nested too deeply>"
+    return _clip(text, limit)
 
 
 def _is_int(value: Any) -> bool:
@@ -159,23 +220,52 @@ class RequestList(list):
 
 # --------------------------------------------------------------------------------------------------- files
 def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    duplicates = sorted({k for k in keys if keys.count(k) > 1})
-    if duplicates:
-        raise ValueError(f"duplicate key(s) {', '.join(repr(k) for k in duplicates)} in one request")
-    return dict(pairs)
+    obj = dict(pairs)
+    if len(obj) != len(pairs):  # linear: an object of 100k keys must not take quadratic time
+        duplicates = sorted(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
+        shown = ", ".join(_short(k, 40) for k in duplicates[:5]) + (", ..." if len(duplicates) > 5 else "")
+        raise ValueError(f"duplicate key(s) {shown} in one request")
+    return obj
 
 
-def load_requests(path: str | os.PathLike[str]) -> RequestList:
+def _read_request_file(path: Path, max_bytes: int) -> bytes:
+    """The bytes of a request file: never more than ``max_bytes + 1`` are read (devices, pipes)."""
+    if path.is_dir():
+        raise RequestFileError(f"{path} is a directory, not a request file")
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > max_bytes:
+                raise RequestFileError(
+                    f"{path}: the request file has {size:,} bytes, more than the {max_bytes:,} allowed"
+                )
+            data = fh.read(max_bytes + 1)
+    except IsADirectoryError:
+        raise RequestFileError(f"{path} is a directory, not a request file") from None
+    if len(data) > max_bytes:
+        raise RequestFileError(
+            f"{path}: more than {max_bytes:,} bytes (the most a request file may have); is it a device or an "
+            "endless stream?"
+        )
+    return data
+
+
+def load_requests(path: str | os.PathLike[str], max_bytes: int | None = None) -> RequestList:
     """Parse a JSONL request file (parse only: run ``validate_requests`` before using the requests).
 
     Lines that are not a JSON object with a known ``task`` and an integer ``id`` become ``parse_errors`` of the
     returned list instead of requests; blank lines are skipped.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        RequestFileError: ``path`` is a directory, or holds more than ``max_bytes`` (default
+            :data:`MAX_REQUEST_FILE_BYTES`; at most that many are read).
     """
     path = Path(path)
+    data = _read_request_file(path, MAX_REQUEST_FILE_BYTES if max_bytes is None else int(max_bytes))
     requests: list[UnlearningRequest] = []
     problems: list[tuple[int, str]] = []
-    for number, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+    for number, raw in enumerate(data.split(b"\n"), start=1):
         try:
             text = raw.decode("utf-8-sig" if number == 1 else "utf-8").strip()
         except UnicodeDecodeError as err:
@@ -188,7 +278,10 @@ def load_requests(path: str | os.PathLike[str]) -> RequestList:
         except json.JSONDecodeError as err:
             problems.append((number, f"malformed JSON: {err.msg} at column {err.colno}"))
             continue
-        except ValueError as err:  # duplicate keys
+        except RecursionError:
+            problems.append((number, "malformed JSON: nested too deeply (a request is one flat object)"))
+            continue
+        except ValueError as err:  # duplicate keys, a number too long to convert
             problems.append((number, f"malformed JSON: {err}"))
             continue
         if not isinstance(obj, dict):
@@ -198,11 +291,11 @@ def load_requests(path: str | os.PathLike[str]) -> RequestList:
         if "task" not in obj:
             bad.append("missing 'task'")
         elif obj["task"] not in TASKS:
-            bad.append(f"unknown task {obj['task']!r} (expected {', '.join(TASKS)})")
+            bad.append(f"unknown task {_short(obj['task'])} (expected {', '.join(TASKS)})")
         if "id" not in obj:
             bad.append("missing 'id'")
         elif not _is_int(obj["id"]):
-            bad.append(f"'id' must be an integer, got {obj['id']!r}")
+            bad.append(f"'id' must be an integer, got {_short(obj['id'])}")
         if bad:
             problems.extend((number, reason) for reason in bad)
             continue
@@ -222,30 +315,49 @@ def read_requests(
     rows_by_id: Mapping[int, Mapping[str, Any]],
     kind: RowKind,
     num_items: int | None = None,
+    *,
+    fits: FitsCheck | None = None,
+    max_bytes: int | None = None,
 ) -> RequestList:
     """``load_requests`` then ``validate_requests``: the requests of a file, or one error listing its problems."""
-    requests = load_requests(path)
-    validate_requests(requests, rows_by_id, kind, num_items)
+    requests = load_requests(path, max_bytes=max_bytes)
+    validate_requests(requests, rows_by_id, kind, num_items, fits=fits)
     return requests
 
 
 # --------------------------------------------------------------------------------------------------- validation
+def _too_many(name: str, value: list[Any]) -> list[str]:
+    if len(value) > MAX_EDIT_ITEMS:
+        return [f"{name} has {len(value):,} items; an edited list may have at most {MAX_EDIT_ITEMS:,}"]
+    return []
+
+
+def _first_few(problems: list[str], name: str) -> list[str]:
+    """The first few problems of one field and a count of the rest (a long bad list is one problem per item)."""
+    if len(problems) <= _BAD_ITEMS_SHOWN:
+        return problems
+    rest = len(problems) - _BAD_ITEMS_SHOWN
+    return problems[:_BAD_ITEMS_SHOWN] + [f"{name}: {rest} more bad item{'s' if rest != 1 else ''}"]
+
+
 def _check_items(name: str, value: Any, num_items: int | None) -> list[str]:
     """Problems with a list of item ids (empty list: no problem here)."""
     if not isinstance(value, list):
         return [f"{name} must be a list of item ids, got {type(value).__name__}"]
+    if _too_many(name, value):
+        return _too_many(name, value)
     problems = []
     for item in value:
         if not _is_int(item):
-            problems.append(f"{name} holds a non-integer item {item!r}")
+            problems.append(f"{name} holds a non-integer item {_short(item)}")
         elif item < 0 or (num_items is not None and item >= num_items):
             problems.append(f"{name} item {item} is out of range [0, {num_items if num_items is not None else 'n'})")
-    return problems
+    return _first_few(problems, name)
 
 
 def _check_item(name: str, value: Any, num_items: int | None) -> list[str]:
     if not _is_int(value):
-        return [f"{name} must be an integer item id, got {value!r}"]
+        return [f"{name} must be an integer item id, got {_short(value)}"]
     if value < 0 or (num_items is not None and value >= num_items):
         return [f"{name} {value} is out of range [0, {num_items if num_items is not None else 'n'})"]
     return []
@@ -254,17 +366,48 @@ def _check_item(name: str, value: Any, num_items: int | None) -> list[str]:
 def _check_names(name: str, value: Any) -> list[str]:
     if not isinstance(value, list):
         return [f"{name} must be a list of item names, got {type(value).__name__}"]
+    if _too_many(name, value):
+        return _too_many(name, value)
     problems = []
     for item in value:
         if not isinstance(item, str):
-            problems.append(f"{name} holds a non-string item {item!r}")
+            problems.append(f"{name} holds a non-string item {_short(item)}")
         elif not item.strip():
             problems.append(f"{name} holds an empty item name")
-    return problems
+        elif len(item) > MAX_TITLE_CHARS:
+            problems.append(
+                f"{name} holds an item name of {len(item):,} characters ({_short(item, 40)}); item names may have at "
+                f"most {MAX_TITLE_CHARS:,}"
+            )
+    return _first_few(problems, name)
+
+
+def _edited_row(row: Mapping[str, Any], edit: Mapping[str, Any]) -> dict[str, Any]:
+    edited = _copy_row(row)
+    for name, value in edit.items():
+        edited[name] = list(value) if isinstance(value, list) else value
+    return edited
+
+
+def _fits_problem(fits: FitsCheck, edited: Mapping[str, Any]) -> str | None:
+    """``None`` if the model encodes ``edited`` whole, else why not."""
+    try:
+        verdict = fits(edited)
+    except ValueError as err:
+        return f"the edited prompt cannot be encoded: {err}"
+    if verdict is None or verdict is True:
+        return None
+    if verdict is False:
+        return _TRUNCATED
+    return str(verdict)
 
 
 def _request_problems(
-    request: UnlearningRequest, row: Mapping[str, Any] | None, kind: str, num_items: int | None
+    request: UnlearningRequest,
+    row: Mapping[str, Any] | None,
+    kind: str,
+    num_items: int | None,
+    fits: FitsCheck | None = None,
 ) -> list[str]:
     """Everything wrong with one request (``row`` is None when its id is unknown)."""
     allowed = EDIT_FIELDS[(request.task, kind)]
@@ -275,10 +418,8 @@ def _request_problems(
             takes = f"takes only {', '.join(sorted(allowed))}"
         else:
             takes = "takes no edit fields"
-        problems.append(
-            f"field(s) {', '.join(repr(k) for k in extra)} do not belong to a {kind} {request.task} request "
-            f"(it {takes})"
-        )
+        named = ", ".join(_short(k, 40) for k in extra[:5]) + (f" and {len(extra) - 5:,} more" if len(extra) > 5 else "")
+        problems.append(f"field(s) {named} do not belong to a {kind} {request.task} request (it {takes})")
     edit = {k: v for k, v in request.edit.items() if k in allowed}
     if request.task == "IR":
         return problems
@@ -299,7 +440,7 @@ def _request_problems(
     else:  # binary RC
         label = edit["label"]
         if not _is_int(label) or label not in (0, 1):
-            field_problems.append(f'label must be 0, 1, "Yes." or "No.", got {label!r}')
+            field_problems.append(f'label must be 0, 1, "Yes." or "No.", got {_short(label)}')
     problems += field_problems
     if row is None or field_problems:
         return problems
@@ -330,13 +471,21 @@ def _request_problems(
             problems.append("empty query: liked and disliked would both be empty")
     if all(list(value) == list(row[name]) if isinstance(value, list) else value == row[name]
            for name, value in edit.items()):
-        shown = ", ".join(f"{name}={value!r}" for name, value in edit.items())
+        shown = ", ".join(f"{name}={_short(value)}" for name, value in edit.items())
         problems.append(f"no-op: the edit ({shown}) does not change row {request.id}")
+    if fits is not None and not problems:
+        reason = _fits_problem(fits, _edited_row(row, edit))
+        if reason is not None:
+            problems.append(reason)
     return problems
 
 
 def _collect_problems(
-    requests: Sequence[Any], rows_by_id: Mapping[int, Mapping[str, Any]], kind: str, num_items: int | None
+    requests: Sequence[Any],
+    rows_by_id: Mapping[int, Mapping[str, Any]],
+    kind: str,
+    num_items: int | None,
+    fits: FitsCheck | None = None,
 ) -> list[tuple[int, str]]:
     if kind not in ROW_KINDS:
         raise ValueError(f"kind must be one of {', '.join(ROW_KINDS)}, got {kind!r}")
@@ -347,7 +496,7 @@ def _collect_problems(
     first_line: dict[int, int] = {}
     for position, request in enumerate(requests, start=1):
         if not isinstance(request, UnlearningRequest):
-            problems.append((position, f"not an UnlearningRequest: {request!r}"))
+            problems.append((position, f"not an UnlearningRequest: {_short(request)}"))
             continue
         number = request.line if request.line is not None else position
         row = rows_by_id.get(request.id)
@@ -358,7 +507,7 @@ def _collect_problems(
                                      "a row may be named only once per file"))
         else:
             first_line[request.id] = number
-        problems.extend((number, reason) for reason in _request_problems(request, row, kind, num_items))
+        problems.extend((number, reason) for reason in _request_problems(request, row, kind, num_items, fits))
     return problems
 
 
@@ -367,6 +516,8 @@ def validate_requests(
     rows_by_id: Mapping[int, Mapping[str, Any]],
     kind: RowKind,
     num_items: int | None = None,
+    *,
+    fits: FitsCheck | None = None,
 ) -> None:
     """Check every request against the training rows; raise one ``RequestError`` listing every problem.
 
@@ -375,8 +526,11 @@ def validate_requests(
         rows_by_id: Training rows by id (``RecDataModule.row_by_id()``).
         kind: The rows' kind, ``sequential`` or ``binary``.
         num_items: Catalogue size, to range-check item ids (sequential); ``None`` checks only ``>= 0``.
+        fits: ``fits(z')`` says whether the model encodes an edited row's prompt whole (see :data:`FitsCheck`;
+            :func:`lit_eraser.models.prompts.edit_prompt_check` builds one from a recommender). It is called
+            once per QM/RC request that passed every other check; ``None`` skips this check.
     """
-    problems = _collect_problems(requests, rows_by_id, kind, num_items)
+    problems = _collect_problems(requests, rows_by_id, kind, num_items, fits)
     if not problems and len(requests) == 0:
         problems.append((0, "no requests: the request list (or file) is empty"))
     if problems:
@@ -418,10 +572,7 @@ def build_pairs(
         if request.task == "IR":
             pairs.append((original, None))
             continue
-        edited = _copy_row(original)
-        for name, value in request.edit.items():
-            edited[name] = list(value) if isinstance(value, list) else value
-        pairs.append((original, edited))
+        pairs.append((original, _edited_row(original, request.edit)))
     return pairs
 
 
