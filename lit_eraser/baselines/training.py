@@ -8,6 +8,7 @@ from typing import Any
 
 import lightning as L
 
+from lit_eraser.curves import CurveLogger
 from lit_eraser.profiling import PhaseCost, PhaseMeter
 
 #: Trainer arguments that make no sense for the inner fits of an experiment (they log and checkpoint nothing).
@@ -28,12 +29,15 @@ def fit_on_rows(
     trainer_kwargs: Mapping[str, Any],
     **overrides: Any,
 ) -> PhaseCost:
-    """Fit ``module`` on ``rows`` (``None``: the datamodule's current training rows); restore those rows after."""
+    """Fit ``module`` on ``rows`` (``None``: the datamodule's current training rows); restore those rows after.
+
+    The logged training curves are kept in memory as ``module.training_curves`` (for report.json and W&B)."""
     previous = datamodule.train_rows
     if rows is not None:
         datamodule.set_train_rows(list(rows))
+    recorder = CurveLogger()
     try:
-        trainer = inner_trainer(trainer_kwargs, **overrides)
+        trainer = inner_trainer(trainer_kwargs, **{"logger": recorder, **overrides})
         module.train()  # Lightning keeps the modes it finds; a loaded adapter arrives in eval mode
         with PhaseMeter() as meter:
             trainer.fit(module, datamodule=datamodule)
@@ -41,4 +45,5 @@ def fit_on_rows(
         if rows is not None:
             datamodule.set_train_rows(previous)
     module.eval()
+    module.training_curves = recorder.curves
     return meter.cost

@@ -7,17 +7,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser
 
-from lit_eraser.cli.common import make_cli
+from lit_eraser.cli.common import EraserCLI, make_cli
 from lit_eraser.cli.errors import exit_on_user_error
-from lit_eraser.cli.loggers import LoggerMode, build_logger
+from lit_eraser.cli.loggers import LoggerMode, build_logger, logger_hint
 import lit_eraser.data  # noqa: F401 - registers the datamodules for short class names
 import lit_eraser.models  # noqa: F401 - registers the recommenders
 from lit_eraser.io import atomic_directory, write_json
 
 
-class TrainCLI(LightningCLI):
+class TrainCLI(EraserCLI):
     """LightningCLI with the run-directory contract of docs/ARCHITECTURE.md §4."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -68,11 +68,14 @@ def run_training(cli: TrainCLI) -> dict[str, float]:
             metrics.update({key: float(value) for key, value in results.items()})
     metrics["fit_seconds"] = fit_seconds
     if trainer.is_global_zero:
-        with atomic_directory(config["output_dir"], overwrite=config["overwrite"]) as tmp:
+        with atomic_directory(config["output_dir"], overwrite=config["overwrite"], marked=True) as tmp:
             model.save_run(tmp)
             (tmp / "config.yaml").write_text(cli.parser.dump(config, skip_none=False), encoding="utf-8")
             write_json(tmp / "metrics.json", metrics)
         print(f"wrote {config['output_dir']}: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+        hint = logger_hint(trainer.logger)
+        if hint:
+            print(hint)
     return metrics
 
 

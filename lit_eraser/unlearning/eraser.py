@@ -23,6 +23,7 @@ from lit_eraser.influence.solvers import (
     QPSettings,
     SolverSettings,
 )
+from lit_eraser.curves import CurveLogger
 from lit_eraser.profiling import PhaseCost, PhaseMeter
 from lit_eraser.unlearning.requests import UnlearningRequest, build_pairs
 
@@ -137,6 +138,8 @@ class UnlearnUpdate:
         """report.json's ``solver`` block."""
         return {
             "within_residual_ceiling": self.converged,
+            "residual_history": [float(x) for x in self.info.extra.get("residual_history", [])],
+            "curves": self.info.extra.get("curves", {}),
             "name": self.info.solver,
             "hvp_calls": int(self.info.hvp_calls),
             "relative_residual": float(self.info.relative_residual),
@@ -198,7 +201,12 @@ def compute_update(
             curvature=settings.curvature,
             residual_batches=residual_batches,
         )
-        delta, info = solve(problem, b, solver_name(settings.solver), settings.solver)
+        name = solver_name(settings.solver)
+        curves = CurveLogger() if name == "qp" else None  # the optimisation epoch's residual/objective curves
+        extras = {"logger": curves, "trainer_kwargs": {"log_every_n_steps": 1}} if curves is not None else {}
+        delta, info = solve(problem, b, name, settings.solver, **extras)
+        if curves is not None:
+            info.extra["curves"] = curves.curves
     update = UnlearnUpdate(
         delta={k: v.detach().clone() for k, v in delta.items()},
         info=info,

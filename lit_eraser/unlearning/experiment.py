@@ -39,7 +39,8 @@ from lit_eraser.models.base import RecommenderModule
 from lit_eraser.models.converge import ConvergeSettings, converge
 from lit_eraser.profiling import PhaseMeter
 from lit_eraser.unlearning.corruption import CorruptionSpec
-from lit_eraser.unlearning.eraser import UnlearnSettings, apply_delta, chunk, compute_update
+from lit_eraser.unlearning.eraser import UnlearnSettings, apply_delta, chunk, compute_update, solver_name
+from lit_eraser.unlearning.report_logging import stage
 from lit_eraser.unlearning.evaluate import evaluate
 from lit_eraser.unlearning.requests import (
     UnlearningRequest,
@@ -218,6 +219,7 @@ class UnlearningExperiment:
     def original_run(self) -> tuple[Path, dict[str, Any]]:
         """The run directory of θ̂ and its training cost: the given adapter, or one trained here and cached."""
         if self.plan.adapter is not None:
+            stage(f"original: the given adapter {self.plan.adapter}")
             module = RecommenderModule.load(self.plan.adapter)  # validates files, checksums and tokenizer
             if module.kind != self.datamodule.kind:
                 raise ValueError(f"{self.plan.adapter} holds a {module.kind} recommender; the data is {self.datamodule.kind}")
@@ -239,7 +241,9 @@ class UnlearningExperiment:
         with output_lock(run_dir, wait=True):  # a concurrent run training the same original: wait, then reuse it
             cached = read_cache_entry(run_dir)
             if cached is not None:
+                stage(f"original: reusing the cached adapter {run_dir}")
                 return run_dir, {**cached, "cached": True}
+            stage("training original")
             # Tokenizer, item encoder and tiny base are built (or read from their caches) outside the timed fit:
             # the training seconds that unlearning is compared with are the adapter's own.
             with PhaseMeter() as build:
@@ -247,6 +251,7 @@ class UnlearningExperiment:
             cost = fit_on_rows(self.model, self.datamodule, None, self.trainer_kwargs)
             extra: dict[str, Any] = {}
             if self.plan.converge is not None:  # the L-BFGS finish is part of training θ̂ and of its seconds
+                stage("training original: L-BFGS finish")
                 finish = converge(self.model, list(self.datamodule.train_rows), self.plan.converge)
                 extra = {"minibatch_fit_seconds": cost.seconds, "converge": finish.as_dict()}
                 cost = cost.plus(finish.cost)
@@ -260,7 +265,10 @@ class UnlearningExperiment:
                 self.model.save_run(tmp)
                 write_json(
                     tmp / "cost.json",
-                    {"fit_seconds": cost.seconds, "build_seconds": build.cost.seconds + self.early_build_seconds, **cost.as_dict(), **extra},
+                    {
+                        "fit_seconds": cost.seconds, "build_seconds": build.cost.seconds + self.early_build_seconds,
+                        **cost.as_dict(), **extra, "curves": getattr(self.model, "training_curves", {}),
+                    },
                 )
             return run_dir, {**json.loads((run_dir / "cost.json").read_text()), "cached": False}
 
@@ -293,11 +301,13 @@ class UnlearningExperiment:
                 "build_seconds": as_number(original_cost.get("build_seconds")),
                 "source": str(original_dir),
                 "cached": bool(original_cost.get("cached", False)),
+                "curves": original_cost.get("curves", {}),
                 **({k: original_cost[k] for k in ("minibatch_fit_seconds", "converge") if k in original_cost}),
             }
             states["original"] = theta_hat
             module.save_run(out / "adapters" / "original")
 
+            stage(f"unlearning: {solver_name(self.plan.unlearn.solver)} solve for {len(requests)} request(s)")
             update = compute_update(module, train_rows, requests, self.plan.unlearn)
             apply_delta(module, update.delta)
             methods["llmeraser"] = {
@@ -325,6 +335,8 @@ class UnlearningExperiment:
                 converge=self.plan.converge,
             )
             for name in self.plan.baselines:
+                stage({"retrain": "retraining from scratch", "warm_retrain": "warm retraining",
+                       "sisa": "retraining SISA shards"}.get(name, f"baseline {name}"))
                 baseline, cost = BASELINES[name](context)
                 members = baseline.members if isinstance(baseline, ShardEnsemble) else [baseline]
                 if not all(torch.isfinite(v).all() for m in members for v in m.adapter_state().values()):
@@ -335,7 +347,10 @@ class UnlearningExperiment:
                 if isinstance(baseline, ShardEnsemble):  # no single θ: no fidelity entry, its own evaluation
                     methods[name] = {"metrics": baseline.evaluate(dm, split), **cost.as_dict(), **baseline.info}
                 else:
-                    methods[name] = {"metrics": evaluate(baseline, dm, split), **cost.as_dict()}
+                    methods[name] = {
+                        "metrics": evaluate(baseline, dm, split), **cost.as_dict(),
+                        "curves": getattr(baseline, "training_curves", {}),
+                    }
                     if baseline.converge_report is not None:
                         methods[name]["converge"] = baseline.converge_report
                     states[name] = baseline.adapter_state()
@@ -344,6 +359,7 @@ class UnlearningExperiment:
             control = None
             if self.plan.paired_fidelity and "warm_retrain" in states:
                 # θ̂ continued on the rows it was fitted on, same seed: what warm retraining does besides the edits
+                stage("warm retraining the paired control")
                 twin, control_cost = BASELINES["warm_retrain"](replace(context, clean_rows=train_rows))
                 control = twin.adapter_state()
                 twin.save_run(out / "adapters" / WARM_CONTROL)
