@@ -221,3 +221,13 @@ def test_an_edit_the_prompt_limit_would_truncate_is_refused_by_unlearn(adapter_r
     assert exit_info.value.code == 2
     assert "history items" in capsys.readouterr().err
     assert not (tmp_path / "exp").exists()
+
+
+def test_an_adapter_trained_on_other_data_is_refused_by_unlearn(adapter_run: Path, train_rows: dict, tmp_path: Path, capsys) -> None:
+    requests = tmp_path / "requests.jsonl"
+    write_requests(requests, train_rows)
+    with pytest.raises(SystemExit) as exit_info:
+        unlearn_main(unlearn_args(adapter_run, requests, tmp_path / "exp", "--data.n_train", "64"))
+    assert exit_info.value.code == 2
+    assert "the data config gives 64" in capsys.readouterr().err
+    assert not (tmp_path / "exp").exists()

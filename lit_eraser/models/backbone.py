@@ -152,7 +152,10 @@ def build_tiny_llama(settings: TinyLlamaSettings, vocab_size: int, pad_id: int, 
 
 
 def load_pretrained_backbone(name_or_path: str, dtype: str = "float32", local_files_only: bool = False):
-    """Load a causal LM by local path or hub id (``trust_remote_code=False``, eager attention)."""
+    """Load a causal LM by local path or hub id (``trust_remote_code=False``, eager attention).
+
+    ``local_files_only``: never reach the network (how a run directory is loaded); training may download.
+    """
     from transformers import AutoModelForCausalLM
 
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
@@ -229,27 +232,42 @@ def save_tiny_base(model: nn.Module, directory: str | Path) -> None:
 
 
 def load_tiny_base(directory: str | Path):
-    """Rebuild the tiny base saved by :func:`save_tiny_base` (strict: every weight must be present)."""
+    """Rebuild the tiny base saved by :func:`save_tiny_base` (strict: every weight must be present).
+
+    ``config.json`` is input, not trusted: its sizes are bounded before anything is allocated, every tensor of
+    ``model.safetensors`` must have a floating-point dtype and the shape the config implies (both read from the
+    file's header first), and every value must be finite. So a damaged, crafted or NaN base is refused here
+    with an error naming the setting or tensor, instead of an allocation failure or a crash much later.
+    """
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lit_eraser.models.persistence import read_safetensors
+    from lit_eraser.models.persistence import CorruptFileError, RunDirectoryError
+    from lit_eraser.models.run_checks import check_model_config_sizes, check_tensor_file, expected_shapes
 
     directory = Path(directory)
     config_path = directory / "config.json"
     if not config_path.is_file():
-        from lit_eraser.models.persistence import RunDirectoryError
-
         raise RunDirectoryError(f"{config_path} is missing: the tiny base model cannot be rebuilt")
-    config = LlamaConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
+    try:
+        raw = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CorruptFileError(f"{config_path} is not valid JSON: {error}") from None
+    check_model_config_sizes(raw, str(config_path))
+    try:
+        config = LlamaConfig.from_dict(raw)
+    except Exception as error:  # noqa: BLE001 - any field transformers rejects (its strict dataclass errors included)
+        raise RunDirectoryError(f"{config_path} is not a valid LLaMA config: {error}") from None
     config._attn_implementation = "eager"
-    state = read_safetensors(directory / "model.safetensors")
+    try:
+        shapes = expected_shapes(lambda: LlamaForCausalLM(config))
+    except Exception as error:  # noqa: BLE001 - built on the meta device: a failure is the config's
+        raise RunDirectoryError(f"{config_path} does not describe a buildable LLaMA model: {error}") from None
+    state = check_tensor_file(directory / "model.safetensors", shapes)
     with fork_seed(0):  # the random init is overwritten below; keep the caller's RNG untouched
         model = LlamaForCausalLM(config)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        from lit_eraser.models.persistence import RunDirectoryError
-
         raise RunDirectoryError(f"{directory / 'model.safetensors'} does not match {config_path}: {error}") from None
     model.config._attn_implementation = "eager"
     return model

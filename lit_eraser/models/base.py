@@ -54,6 +54,20 @@ from lit_eraser.models.persistence import (
     write_safetensors,
 )
 from lit_eraser.models.pretrain import BasePretrainSettings, cached_pretrained_base
+from lit_eraser.models.run_checks import (
+    SIZE_LIMITS,
+    ConfigSizeError,
+    check_init_sizes,
+    check_lora_header,
+    check_model_config_sizes,
+    check_tensor_file,
+    check_tensors,
+    local_config,
+    resolve_local_backbone,
+    run_file_checksums,
+    training_data_record,
+    verify_run_files,
+)
 from lit_eraser.models.sasrec import default_cache_dir
 from lit_eraser.models.tokenizer import (
     SLOT_TOKENS,
@@ -173,6 +187,13 @@ class RecommenderModule(L.LightningModule):
         self.tokenizer: Any = None
         self.llm: nn.Module | None = None
         self._added_token_rows: dict[str, torch.Tensor] = {}
+        #: What the adapter was (last) fitted on: :func:`lit_eraser.models.run_checks.training_data_record` of the
+        #: datamodule given to ``build``/``fit``, or the record read from ``recommender.json`` by ``load``.
+        self.training_data: dict[str, Any] | None = None
+        #: sha256 of ``base_model/`` and ``tokenizer/`` files of the run this adapter belongs to (``save_run``/``load``).
+        self._run_files: dict[str, str] | None = None
+        #: Absolute local directory of a pretrained backbone (``None``: tiny, or a hub id).
+        self._backbone_local_path: str | None = None
         init_args.update(tiny=self.tiny, lora=self.lora, pretrain=self.pretrain)
         #: Every init argument (subclasses add theirs), to rebuild the module from ``recommender.json``.
         self._init_args: dict[str, Any] = init_args
@@ -227,6 +248,9 @@ class RecommenderModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         """Build from ``trainer.datamodule`` unless already built (e.g. loaded from a run directory)."""
         if self.is_built:
+            datamodule = getattr(self._trainer, "datamodule", None)
+            if stage == "fit" and datamodule is not None and getattr(datamodule, "train_rows", None) is not None:
+                self.training_data = training_data_record(datamodule)  # fitted again (e.g. warm retraining)
             return
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None:
@@ -256,6 +280,8 @@ class RecommenderModule(L.LightningModule):
                 f"{type(datamodule).__name__} yields {datamodule.kind!r} rows"
             )
         reuse = Path(self.reuse_frozen_from) if self.reuse_frozen_from else None
+        # Recorded in recommender.json, so an --adapter can later be checked against a data config.
+        self.training_data = training_data_record(datamodule)
         self._prepare_data_state(datamodule)
         if not self.is_tiny:
             base, tokenizer = self._pretrained_parts(reuse)
@@ -287,6 +313,8 @@ class RecommenderModule(L.LightningModule):
     def _pretrained_parts(self, reuse: Path | None) -> tuple[nn.Module, Any]:
         """A pretrained backbone and its tokenizer with the slot tokens (and a pad token) added."""
         base = load_pretrained_backbone(self.backbone, self.backbone_dtype)
+        local = Path(self.backbone).expanduser()
+        self._backbone_local_path = str(local.absolute()) if local.is_dir() else None
         old = base.get_input_embeddings().num_embeddings
         if reuse is not None:
             tokenizer = load_tokenizer(reuse / "tokenizer")
@@ -606,13 +634,39 @@ class RecommenderModule(L.LightningModule):
     def load_adapter_extras(self, directory: Path) -> None:
         """Read what :meth:`save_adapter_extras` wrote."""
 
+    def peft_base_model_path(self) -> str:
+        """What ``adapter_config.json`` names as ``base_model_name_or_path`` (read by PEFT, never by lit-eraser).
+
+        * pretrained backbone: its absolute local directory (or the hub id it was loaded by), so
+          ``peft.AutoPeftModelForCausalLM.from_pretrained(run/"adapter")`` rebuilds base + LoRA. The slot tokens and
+          pad token this project adds (``added_token_embeddings.safetensors``), the projector and the item encoder
+          live outside PEFT: PEFT's model covers the backbone's own vocabulary only.
+        * tiny preset: ``"../base_model"``, the run's own copy of the random-init base, relative to the adapter
+          directory. PEFT resolves it against the working directory, so ``AutoPeftModelForCausalLM`` works from
+          inside ``run/adapter``; from elsewhere pass the base yourself:
+          ``PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(run/"base_model"), run/"adapter")``.
+        """
+        if self.is_tiny:
+            return "../base_model"
+        return self._backbone_local_path or self.backbone
+
     def save_adapter(self, directory: str | Path) -> Path:
-        """Write the adapter directory (peft files, extra modules, ``recommender.json`` with checksums)."""
+        """Write the adapter directory (peft files, extra modules, ``recommender.json`` with checksums).
+
+        ``recommender.json`` also records what the adapter was trained on (``training_data``, for
+        :func:`lit_eraser.models.run_checks.check_adapter_matches_data`), the sha256 of the run's ``base_model/``
+        and ``tokenizer/`` files (``run_files``; set by :meth:`save_run`, or kept from the run this module was
+        loaded from) and where a pretrained backbone lives locally (``backbone``).
+        """
         self._require_built()
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.llm.save_pretrained(str(directory), safe_serialization=True, save_embedding_layers=False)
         (directory / "README.md").unlink(missing_ok=True)  # peft's model-card stub: not part of the contract
+        config_path = directory / "adapter_config.json"
+        peft_config = json.loads(config_path.read_text(encoding="utf-8"))
+        peft_config["base_model_name_or_path"] = self.peft_base_model_path()
+        write_json(config_path, peft_config)
         names = ["adapter_config.json", "adapter_model.safetensors", *self.save_adapter_extras(directory)]
         if self._added_token_rows:
             write_safetensors(self._added_token_rows, directory / _ADDED_EMBEDDINGS)
@@ -633,6 +687,12 @@ class RecommenderModule(L.LightningModule):
             "state": self.extra_state(),
             "files": {name: sha256_file(directory / name) for name in names},
         }
+        if self.training_data is not None:
+            meta["training_data"] = self.training_data
+        if self._run_files is not None:
+            meta["run_files"] = self._run_files
+        if not self.is_tiny:
+            meta["backbone"] = {"name_or_path": self.backbone, "local_path": self._backbone_local_path}
         write_json(directory / RECOMMENDER_JSON, meta)
         return directory
 
@@ -641,6 +701,7 @@ class RecommenderModule(L.LightningModule):
 
         Each sub-directory is written atomically (a temporary sibling renamed into place); an existing one is
         refused unless ``overwrite``. ``run_dir`` itself may exist (``train.py`` writes it atomically as a whole).
+        ``tokenizer/`` and ``base_model/`` are written first so that their sha256 go into ``recommender.json``.
         """
         self._require_built()
         run_dir = Path(run_dir)
@@ -650,6 +711,7 @@ class RecommenderModule(L.LightningModule):
         if self.is_tiny:
             with atomic_directory(run_dir / "base_model", overwrite=overwrite) as tmp:
                 save_tiny_base(self.llm, tmp)
+        self._run_files = run_file_checksums(run_dir)
         with atomic_directory(run_dir / "adapter", overwrite=overwrite) as tmp:
             self.save_adapter(tmp)
         return run_dir
@@ -658,9 +720,17 @@ class RecommenderModule(L.LightningModule):
     def load(cls, run_dir: str | Path, adapter_dir: str | Path | None = None) -> RecommenderModule:
         """Rebuild a saved recommender in eval mode (the class comes from ``recommender.json``).
 
+        A run directory is validated before it is used: sizes bounded before anything is allocated, every file
+        under the sha256 recorded at save time (``base_model/`` and ``tokenizer/`` included), every stored
+        tensor floating point, finite and of the shape the config implies, and nothing read from the network (a
+        pretrained backbone must be a local directory or already in the local Hugging Face cache). A run saved
+        before ``base_model/`` was checksummed is read only after its base passes those content checks.
+
         Raises:
-            RunDirectoryError: a missing file or directory.
+            RunDirectoryError: a missing file or directory, an inconsistent or oversized config, a backbone that
+                is not on this machine (:class:`~lit_eraser.models.run_checks.BackboneNotLocalError`).
             CorruptFileError: a truncated/unreadable weight file or one whose checksum changed.
+            AdapterContentError: a tensor with a wrong dtype or shape or with NaN/inf values.
             TokenizerMismatchError: ``tokenizer/`` is not the tokenizer the adapter was trained with.
         """
         run_dir = Path(run_dir)
@@ -671,48 +741,125 @@ class RecommenderModule(L.LightningModule):
         klass = resolve_class(meta)
         if not issubclass(klass, cls):
             raise RunDirectoryError(f"{adapter_dir} holds a {klass.__name__}, not a {cls.__name__}")
+        where = str(adapter_dir / RECOMMENDER_JSON)
         verify_checksums(adapter_dir, meta)
-        module = klass.from_init_config(meta["init"])
-        module.load_extra_state(meta.get("state") or {})
+        check_init_sizes(meta.get("init"), where)
+        verify_run_files(run_dir, adapter_dir, meta, ("base_model",))  # older runs: the content checks below
+        try:
+            module = klass.from_init_config(meta["init"])
+            module.load_extra_state(meta.get("state") or {})
+        except (TypeError, KeyError, ValueError) as error:
+            raise RunDirectoryError(f"{where} holds settings this {klass.__name__} cannot be built from: {error}") from None
+        training_data = meta.get("training_data")
+        module.training_data = dict(training_data) if isinstance(training_data, Mapping) else None
+        run_files = meta.get("run_files")
+        module._run_files = dict(run_files) if isinstance(run_files, Mapping) else None
 
         try:
             tokenizer = load_tokenizer(run_dir / "tokenizer")
         except TokenizerError as error:
             raise RunDirectoryError(str(error)) from None
-        expected = meta["tokenizer"]
+        expected = meta.get("tokenizer")
+        if not isinstance(expected, Mapping) or not {"sha256", "size"} <= set(expected):
+            raise RunDirectoryError(f"{where} records no tokenizer fingerprint")
         if tokenizer_fingerprint(tokenizer) != expected["sha256"] or len(tokenizer) != int(expected["size"]):
             raise TokenizerMismatchError(
                 f"{run_dir / 'tokenizer'} does not match the adapter in {adapter_dir}: the adapter was trained with a "
                 f"tokenizer of {expected['size']} tokens (sha256 {expected['sha256'][:12]}...), this one has "
                 f"{len(tokenizer)} tokens (sha256 {tokenizer_fingerprint(tokenizer)[:12]}...)"
             )
+        verify_run_files(run_dir, adapter_dir, meta, ("tokenizer",))  # after the fingerprint: its message is clearer
+        if len(tokenizer) > SIZE_LIMITS["vocab_size"]:
+            raise ConfigSizeError(f"{run_dir / 'tokenizer'} has {len(tokenizer):,} tokens (limit {SIZE_LIMITS['vocab_size']:,})")
         if module.is_tiny:
-            base = load_tiny_base(run_dir / "base_model")
+            base = load_tiny_base(run_dir / "base_model")  # bounded config, shapes, dtypes, finite values
             if base.get_input_embeddings().num_embeddings != len(tokenizer):
                 raise TokenizerMismatchError(
                     f"{run_dir / 'base_model'} has {base.get_input_embeddings().num_embeddings} embeddings but the "
                     f"tokenizer {len(tokenizer)} tokens"
                 )
         else:
-            base = load_pretrained_backbone(module.backbone, module.backbone_dtype)
+            base = module._load_local_backbone(meta, where)
             old = base.get_input_embeddings().num_embeddings
             base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
             if (adapter_dir / _ADDED_EMBEDDINGS).is_file():
-                rows = read_safetensors(adapter_dir / _ADDED_EMBEDDINGS)
-                if rows["input"].shape[0] != len(tokenizer) - old:
-                    raise TokenizerMismatchError(f"{adapter_dir / _ADDED_EMBEDDINGS} does not fit the tokenizer")
+                rows = module._checked_added_rows(adapter_dir / _ADDED_EMBEDDINGS, base, len(tokenizer) - old)
                 module._restore_added_rows(base, rows)
                 module._added_token_rows = rows
         module.tokenizer = tokenizer
         module._setup_encoding()
+        module._check_frozen_files(adapter_dir)
         module._load_frozen_extras(adapter_dir)
+        check_lora_header(adapter_dir / "adapter_model.safetensors", module.lora.r)  # before LoRA is allocated
         module._install(tokenizer, base)
+        module._check_adapter_budget(where)
         module._build_adapter_modules()
+        module._check_adapter_files(adapter_dir)
         module._load_lora(adapter_dir)
         module.load_adapter_extras(adapter_dir)
         module._finish_build()
         module.eval()
         return module
+
+    # validation steps of ``load`` (each before what it guards is allocated or used)
+    def _load_local_backbone(self, meta: Mapping[str, Any], where: str) -> nn.Module:
+        """The pretrained backbone from local files only (never the network), its config bounded first."""
+        recorded = meta.get("backbone") if isinstance(meta.get("backbone"), Mapping) else {}
+        local = recorded.get("local_path") if isinstance(recorded.get("local_path"), str) else None
+        path = resolve_local_backbone(self.backbone, local, where)
+        check_model_config_sizes(local_config(path), f"{path}/config.json")
+        try:
+            base = load_pretrained_backbone(path, self.backbone_dtype, local_files_only=True)
+        except Exception as error:  # noqa: BLE001 - a damaged or foreign checkpoint: name it, one line
+            raise RunDirectoryError(f"the backbone {path} named in {where} cannot be loaded: {type(error).__name__}: {error}") from None
+        self._backbone_local_path = str(Path(path).absolute()) if Path(path).is_dir() else None
+        return base
+
+    def _checked_added_rows(self, path: Path, base: nn.Module, n_added: int) -> dict[str, torch.Tensor]:
+        """The added-token embedding rows: floating, finite, one row per added token of the embedding width."""
+        if n_added < 1:
+            raise TokenizerMismatchError(f"{path} does not fit the tokenizer: the tokenizer adds no tokens to the backbone")
+        rows = check_tensor_file(path)
+        expected = {"input": (n_added, base.get_input_embeddings().embedding_dim)}
+        head = base.get_output_embeddings()
+        if "output" in rows and head is not None:
+            expected["output"] = (n_added, head.weight.shape[1])
+        try:
+            check_tensors(rows, path, expected)
+        except RunDirectoryError as error:
+            raise TokenizerMismatchError(f"{path} does not fit the tokenizer: {error}") from None
+        return rows
+
+    def _check_frozen_files(self, adapter_dir: Path) -> None:
+        """The frozen item encoder (LLaRA), if any: bounded, floating, finite, shaped as its metadata implies."""
+        from lit_eraser.models.run_checks import ITEM_ENCODER_FILE, check_item_encoder_file
+
+        path = adapter_dir / ITEM_ENCODER_FILE
+        if path.is_file():
+            titles = getattr(self, "item_titles", None)
+            check_item_encoder_file(path, len(titles) if titles else None)
+
+    def _check_adapter_budget(self, where: str) -> None:
+        """Bound extra adapter modules built from ``init`` (LLaRA's projector) before they are allocated."""
+        from lit_eraser.models.run_checks import check_projector_budget
+
+        encoder = getattr(self, "item_encoder", None)
+        if "projector" in self.extra_adapter_modules() and encoder is not None:
+            llm_dim = self.base_model.get_input_embeddings().embedding_dim
+            check_projector_budget(encoder.settings.hidden_size, llm_dim, getattr(self, "projector_hidden", None), where)
+
+    def _check_adapter_files(self, adapter_dir: Path) -> None:
+        """θ's files before they are loaded: exactly the LoRA tensors of this model (peft's saved names) and,
+        per extra adapter module ``name``, ``name.safetensors``; floating, finite, of the shapes the config implies."""
+        from peft import get_peft_model_state_dict
+
+        lora = get_peft_model_state_dict(self.llm, save_embedding_layers=False)
+        check_tensor_file(adapter_dir / "adapter_model.safetensors", {k: tuple(v.shape) for k, v in lora.items()})
+        for name in self.extra_adapter_modules():
+            path = adapter_dir / f"{name}.safetensors"
+            if path.is_file():
+                expected = {k: tuple(v.shape) for k, v in getattr(self, name).state_dict().items()}
+                check_tensor_file(path, expected)
 
     def _load_frozen_extras(self, adapter_dir: Path) -> None:
         """Load frozen non-LLM parts from the adapter directory before the adapter is built."""

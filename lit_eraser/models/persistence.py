@@ -10,6 +10,16 @@ RUN/base_model/                        tiny preset only: config.json + model.saf
 RUN/tokenizer/                         tokenizer.json etc.
 ```
 Weights are never pickled and never read with ``torch.load``.
+
+``recommender.json`` records, besides the class and its settings: ``files`` (sha256 of each adapter file),
+``run_files`` (sha256 of every file under ``base_model/`` and ``tokenizer/``), ``training_data`` (what the
+adapter was trained on: data class, ``n_train``, ``num_items``, sha256 of the sorted row ids and of the rows) and,
+for a pretrained backbone, ``backbone`` (its local directory). ``adapter_config.json``'s
+``base_model_name_or_path`` is for PEFT only (see ``RecommenderModule.peft_base_model_path``).
+
+Loading validates all of it before use (``lit_eraser.models.run_checks``): bounded sizes, checksums, tensor
+dtypes/shapes/finiteness, local files only. A run saved before ``run_files``/``training_data`` existed is read
+if its base passes the content checks; ``check_adapter_matches_data`` refuses it as an ``--adapter`` by default.
 """
 
 from __future__ import annotations

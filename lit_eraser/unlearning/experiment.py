@@ -51,6 +51,7 @@ from lit_eraser.unlearning.requests import (
     validate_requests,
 )
 from lit_eraser.models.prompts import edit_prompt_check
+from lit_eraser.models.run_checks import check_adapter_matches_data
 
 Row = Mapping[str, Any]
 #: Adapter directory of the paired fidelity reference (θ̂ warm-trained on its own rows); not a method.
@@ -216,10 +217,12 @@ class UnlearningExperiment:
         self.early_build_seconds = build.cost.seconds
         return self.model
 
-    def original_run(self) -> tuple[Path, dict[str, Any]]:
+    def original_run(self, requests: Sequence[UnlearningRequest] = ()) -> tuple[Path, dict[str, Any]]:
         """The run directory of θ̂ and its training cost: the given adapter, or one trained here and cached."""
         if self.plan.adapter is not None:
             stage(f"original: the given adapter {self.plan.adapter}")
+            # n_train, num_items, row ids and contents the adapter was trained on must be this data config's
+            check_adapter_matches_data(self.plan.adapter, self.datamodule, requests=requests)
             module = RecommenderModule.load(self.plan.adapter)  # validates files, checksums and tokenizer
             if module.kind != self.datamodule.kind:
                 raise ValueError(f"{self.plan.adapter} holds a {module.kind} recommender; the data is {self.datamodule.kind}")
@@ -284,7 +287,7 @@ class UnlearningExperiment:
         train_rows, requests, clean_rows = self.prepare_requests()
         if "sisa" in self.plan.baselines:  # too many shards for the users: fail before any training
             shard_of_users(train_rows, self.plan.sisa_shards, BaselineContext.sisa_seed)
-        original_dir, original_cost = self.original_run()
+        original_dir, original_cost = self.original_run(requests)
         split = self.plan.eval_split
         dm = self.datamodule
         with atomic_directory(self.plan.output_dir, overwrite=self.plan.overwrite, marked=True) as out:
