@@ -9,7 +9,8 @@ from typing import Any
 from lightning.pytorch.loggers import Logger
 
 
-def _finite(value: Any) -> float | None:
+def finite_number(value: Any) -> float | None:
+    """A finite float, or ``None`` (missing, null, NaN, a bool, not a number)."""
     if isinstance(value, bool) or value is None:
         return None
     try:
@@ -46,7 +47,7 @@ class CurveLogger(Logger):
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         for key, value in metrics.items():
-            number = _finite(value.item() if hasattr(value, "item") else value)
+            number = finite_number(value.item() if hasattr(value, "item") else value)
             if key == "epoch" or number is None:
                 continue
             self.curves.setdefault(key, []).append([int(step or 0), number])

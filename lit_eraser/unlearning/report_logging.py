@@ -45,18 +45,10 @@ def stage(text: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ the method table
-from lit_eraser.curves import CurveLogger  # noqa: E402,F401 - re-exported
+from lit_eraser.curves import CurveLogger, finite_number  # noqa: E402,F401 - CurveLogger re-exported
 
 
-def _number(value: Any) -> float | None:
-    """A finite float, or ``None`` (missing, null, NaN, not a number)."""
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
+_number = finite_number
 
 
 def ordered_methods(report: Mapping[str, Any]) -> list[str]:
